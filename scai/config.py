@@ -1,0 +1,152 @@
+"""Settings and the model registry, in one place.
+
+Every knob has a default here, can be set from the environment (``SCAI_*``) and, for the
+commands that take it, from a flag. Model sections come from ``usr/<job>.config`` INI files that
+keep the original SCAI keys, so configs written for the original service still load.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CLASSIFICATION = "image_classification"
+DETECTION = "object_detection"
+JOBS = (CLASSIFICATION, DETECTION)
+#: The short names the command line uses for each job kind.
+JOB_ALIASES = {"classify": CLASSIFICATION, "detect": DETECTION}
+
+DEFAULT_MODEL = "default"
+
+
+class ConfigError(Exception):
+    """A model section or setting that cannot be used; the message says which and why."""
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass
+class Settings:
+    """What the portal, the workers and the clean command agree on."""
+
+    session_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("SCAI_SESSION_DIR", ROOT / "session"))
+    )
+    usr_dir: Path = field(default_factory=lambda: Path(os.environ.get("SCAI_USR_DIR", ROOT / "usr")))
+    #: Largest accepted upload body, in bytes (HTTP 413 above it).
+    max_upload_bytes: int = field(default_factory=lambda: _env_int("SCAI_MAX_UPLOAD_MB", 20) * 1024 * 1024)
+    #: Largest accepted image, in pixels: a guard against decompression bombs.
+    max_pixels: int = field(default_factory=lambda: _env_int("SCAI_MAX_PIXELS", 50_000_000))
+    #: ``runtime``: long-running workers; ``job``: the portal starts one worker per upload.
+    running_mode: str = field(default_factory=lambda: os.environ.get("SCAI_RUNNING_MODE", "runtime"))
+    #: Longest synchronous wait the API grants (``wait=`` is clipped to it).
+    max_wait_seconds: float = 60.0
+    #: How many pending sessions a worker runs through its model at once.
+    batch_size: int = field(default_factory=lambda: _env_int("SCAI_BATCH_SIZE", 8))
+    #: Seconds between the worker's safety-net rescans of the pool.
+    rescan_seconds: float = 5.0
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        self.session_dir = Path(self.session_dir).resolve()
+        self.usr_dir = Path(self.usr_dir).resolve()
+        if self.running_mode not in ("runtime", "job"):
+            raise ConfigError(f"running mode must be 'runtime' or 'job', not {self.running_mode!r}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One section of a ``usr/<job>.config`` file, with paths resolved."""
+
+    name: str
+    job: str
+    path: Path
+    labels: Path | None = None
+    input_layer: str | None = None
+    output_layer: str | None = None
+    input_size: tuple[int, int] | None = None  # (height, width)
+    input_mean: float | None = None
+    input_std: float | None = None
+    #: The whole section, lower-cased keys, for the options a single engine reads.
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    """Resolve a model path: absolute, relative to the usr folder, or ``package:pkg/file``.
+
+    ``package:`` names a file shipped inside an installed Python package (the default models),
+    found without importing the package, whose own imports may not be installed.
+    """
+    value = value.strip()
+    if value.startswith("package:"):
+        package, _, inner = value[len("package:") :].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"package {package!r} is not installed (needed for {value})")
+        return Path(list(spec.submodule_search_locations)[0]) / inner
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _parse_size(value: str) -> tuple[int, int]:
+    parts = [int(p) for p in value.replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        return parts[0], parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise ConfigError(f"INPUT_SIZE must be 'N' or 'H,W', not {value!r}")
+
+
+def _first(section: configparser.SectionProxy, *keys: str) -> str | None:
+    for key in keys:
+        if section.get(key):
+            return section.get(key)
+    return None
+
+
+def spec_from_section(name: str, job: str, section: configparser.SectionProxy, base: Path) -> ModelSpec:
+    """Build a spec from the original keys (``GRAPH``/``PATH_TO_CKPT`` and friends)."""
+    model = _first(section, "graph", "path_to_ckpt", "model")
+    if not model:
+        raise ConfigError(f"section [{name}] of {job}.config names no model (GRAPH or PATH_TO_CKPT)")
+    labels = _first(section, "labels", "path_to_labels")
+    size = _first(section, "input_size", "image_size")
+    mean, std = section.get("input_mean"), section.get("input_std")
+    return ModelSpec(
+        name=name,
+        job=job,
+        path=resolve_path(model, base),
+        labels=resolve_path(labels, base) if labels else None,
+        input_layer=section.get("input_layer") or None,
+        output_layer=section.get("output_layer") or None,
+        input_size=_parse_size(size) if size else None,
+        input_mean=float(mean) if mean else None,
+        input_std=float(std) if std else None,
+        options={key: value for key, value in section.items()},
+    )
+
+
+def load_models(usr_dir: Path, job: str) -> dict[str, ModelSpec]:
+    """All model sections of one job kind, by name; an absent file means no models."""
+    path = Path(usr_dir) / f"{job}.config"
+    parser = configparser.ConfigParser(interpolation=None, default_section="__defaults__")
+    if path.exists():
+        parser.read(path, encoding="utf-8")
+    return {name: spec_from_section(name, job, parser[name], path.parent) for name in parser.sections()}
+
+
+def pick_model(models: dict[str, ModelSpec], name: str | None) -> ModelSpec:
+    """The section a request names, or ``default``; unknown names raise ``ConfigError``."""
+    name = name or DEFAULT_MODEL
+    if name not in models:
+        known = ", ".join(sorted(models)) or "none"
+        raise ConfigError(f"unknown model {name!r} (configured: {known})")
+    return models[name]

@@ -1,0 +1,51 @@
+"""Model engines, one module per file format; ``load_classifier`` picks one from the file itself."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from scai.config import ConfigError, ModelSpec
+from scai.engines.base import Classifier, Prediction
+
+
+def model_format(path: Path) -> str:
+    """``tflite``, ``savedmodel``, ``keras`` or ``graphdef``, from what is on disk."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            return "savedmodel"
+        raise ConfigError(f"{path} is a folder without saved_model.pb")
+    if not path.exists():
+        raise ConfigError(f"model file {path} does not exist")
+    if path.name == "saved_model.pb":
+        return "savedmodel"
+    suffix = path.suffix.lower()
+    formats = {".tflite": "tflite", ".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".pb": "graphdef"}
+    if suffix not in formats:
+        raise ConfigError(
+            f"cannot tell the format of {path.name}: use .tflite, .keras, .h5, .pb or a SavedModel"
+        )
+    return formats[suffix]
+
+
+def load_classifier(spec: ModelSpec) -> Classifier:
+    """Load a classification model once; the engine module is imported only when needed."""
+    kind = model_format(spec.path)
+    if kind == "savedmodel" and spec.path.name == "saved_model.pb":
+        spec = replace(spec, path=spec.path.parent)
+    if kind == "tflite":
+        from scai.engines.tflite import TFLiteClassifier
+
+        return TFLiteClassifier(spec)
+    from scai.engines import tensorflow
+
+    engines = {
+        "savedmodel": tensorflow.SavedModelClassifier,
+        "keras": tensorflow.KerasClassifier,
+        "graphdef": tensorflow.GraphDefClassifier,
+    }
+    return engines[kind](spec)
+
+
+__all__ = ["Classifier", "Prediction", "load_classifier", "model_format"]

@@ -1,0 +1,121 @@
+"""What every classification engine answers, whatever file format its model came in.
+
+An engine loads its model once; ``predict`` takes a batch of RGB images and returns one row of
+class probabilities per image. Formats differ only in how they run a batch of pixels
+(``run``); resizing, normalisation, softmax and label alignment are the same for all and live here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from scai.config import ConfigError, ModelSpec
+
+#: Float models get (pixel - mean) / std; [-1, 1] is what MobileNet and EfficientNet expect.
+DEFAULT_MEAN, DEFAULT_STD = 127.5, 127.5
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float
+
+
+def read_labels(path: Path) -> list[str]:
+    """One label per line; trailing blank lines dropped, inner ones kept so indexes stay right."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def to_probabilities(raw: np.ndarray, activation: str = "auto") -> np.ndarray:
+    """Scores as probabilities: ``softmax`` always, ``none`` never, ``auto`` when they are logits.
+
+    Logits show themselves by leaving [0, 1] or by rows summing to well over one. A sum below
+    one is left alone: quantised softmax outputs lose mass to rounding.
+    """
+    raw = np.asarray(raw, dtype=np.float32)
+    if activation == "softmax":
+        return softmax(raw)
+    if activation == "none":
+        return raw
+    if raw.min() < 0 or raw.max() > 1 or np.any(raw.sum(axis=-1) > 1.1):
+        return softmax(raw)
+    return raw
+
+
+def normalise(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
+    return (pixels.astype(np.float32) - mean) / std
+
+
+class Classifier(ABC):
+    """A loaded classification model."""
+
+    #: (height, width) the model takes; set by each engine from the model or the config.
+    input_size: tuple[int, int]
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.mean = spec.input_mean if spec.input_mean is not None else DEFAULT_MEAN
+        self.std = spec.input_std if spec.input_std is not None else DEFAULT_STD
+        self.activation = spec.options.get("output_activation", "auto").lower()
+        self._labels = read_labels(spec.labels) if spec.labels else None
+
+    @abstractmethod
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw model outputs [N, classes] for uint8 pixels [N, H, W, 3]."""
+
+    def embedded_labels(self) -> list[str] | None:
+        """Labels the model file carries itself, for formats that can."""
+        return None
+
+    def labels(self, classes: int) -> list[str]:
+        """Labels lined up with the output: a list with a leading background entry is shifted."""
+        labels = self._labels or self.embedded_labels()
+        if not labels:
+            return [f"class {i}" for i in range(classes)]
+        if len(labels) == classes + 1:
+            labels = labels[1:]
+        if len(labels) != classes:
+            raise ConfigError(f"model {self.spec.name!r} has {classes} outputs but {len(labels)} labels")
+        return labels
+
+    def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Resize each whole image bilinearly to the input size (no crop), as uint8 [N, H, W, 3]."""
+        height, width = self.input_size
+        resized = [np.asarray(image.resize((width, height), Image.BILINEAR)) for image in images]
+        return np.stack(resized)
+
+    def predict(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Class probabilities [N, classes] for a batch of RGB images."""
+        raw = self.run(self.prepare(images))
+        return to_probabilities(raw.reshape(len(images), -1), self.activation)
+
+    def top(self, probabilities: np.ndarray, k: int) -> list[Prediction]:
+        """The ``k`` most likely labels of one row of probabilities, most likely first."""
+        names = self.labels(probabilities.shape[-1])
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return [Prediction(names[i], float(probabilities[i])) for i in order]
+
+    def resolve_input_size(self, size: Sequence[int | None] | None) -> tuple[int, int]:
+        """The model's own input size, else INPUT_SIZE from the config, else a clear error."""
+        if size and size[0] and size[1]:
+            return int(size[0]), int(size[1])
+        if self.spec.input_size:
+            return self.spec.input_size
+        raise ConfigError(
+            f"model {self.spec.name!r} does not declare its input size: set INPUT_SIZE in its section"
+        )

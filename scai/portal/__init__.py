@@ -1,0 +1,36 @@
+"""The portal: a Flask application factory, with one blueprint per family of routes."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from scai.config import ROOT, Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the portal for one installation (``settings`` default to flags' and env's defaults)."""
+    settings = settings or Settings()
+    settings.session_dir.mkdir(parents=True, exist_ok=True)
+    app = Flask("scai", template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.json.sort_keys = False  # keep top-k results in score order
+    app.extensions["scai"] = settings
+
+    from scai.portal import api, legacy
+
+    app.register_blueprint(legacy.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(api.health)
+    app.register_error_handler(HTTPException, json_error)
+    return app
+
+
+def json_error(error: HTTPException) -> tuple[Response, int]:
+    """Every error as JSON with its real status, so API clients never parse an HTML page."""
+    code = error.code or 500
+    message = error.description
+    if isinstance(error, RequestEntityTooLarge) and error.description == RequestEntityTooLarge.description:
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        message = f"the upload is larger than the limit of {limit / 1024 / 1024:g} MB"
+    return jsonify(error=error.name, message=message, status=code), code

@@ -1,0 +1,92 @@
+"""The versioned JSON API: model choice, synchronous answers, health."""
+
+from __future__ import annotations
+
+import os
+
+from flask import Blueprint, Response, abort, jsonify, request, url_for
+
+from scai import config
+from scai.config import JOB_ALIASES
+from scai.portal.uploads import (
+    accept_upload,
+    find_session,
+    public_state,
+    send_session_file,
+    settings,
+    store,
+)
+from scai.sessions import COMPLETE, FAILURE, wait_until_final
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+#: Jobs with a worker; detection joins when its worker exists.
+SERVED = {"classify": JOB_ALIASES["classify"]}
+
+
+def _wait_seconds() -> float:
+    raw = request.args.get("wait", "0")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        abort(400, f"wait must be a number of seconds, not {raw!r}")
+    if not 0 <= seconds < float("inf"):
+        abort(400, "wait must be zero or more seconds")
+    return min(seconds, settings().max_wait_seconds)
+
+
+def session_response(session_id: str, key: str, state: dict) -> tuple[Response, int]:
+    """200 when complete, 422 when the worker failed on the image, 202 while still pending."""
+    body = public_state(session_id, state)
+    body["sesskey"] = key
+    body["links"] = {
+        "self": url_for("api.session", session_id=session_id, key=key),
+        "input": url_for("api.session_input", session_id=session_id, key=key),
+    }
+    status = {COMPLETE: 200, FAILURE: 422}.get(state.get("state"), 202)
+    response = jsonify(body)
+    if status == 202:
+        response.headers["Location"] = body["links"]["self"]
+    return response, status
+
+
+@bp.post("/<kind>")
+def submit(kind: str) -> tuple[Response, int]:
+    if kind not in SERVED:
+        abort(404, f"no service {kind!r}; use one of: {', '.join(SERVED)}")
+    wait = _wait_seconds()
+    created = accept_upload(SERVED[kind], request.args.get("model"))
+    session_id, key = created["sessname"], created["sesskey"]
+    state = wait_until_final(store(), session_id, wait)
+    return session_response(session_id, key, state)
+
+
+@bp.get("/sessions/<session_id>")
+def session(session_id: str) -> tuple[Response, int]:
+    key = request.args.get("key")
+    _, state = find_session(None, session_id, key)
+    state = wait_until_final(store(), session_id, _wait_seconds())
+    return session_response(session_id, key or "", state)
+
+
+@bp.get("/sessions/<session_id>/input")
+def session_input(session_id: str) -> Response:
+    _, state = find_session(None, session_id, request.args.get("key"))
+    return send_session_file(session_id, state["input"])
+
+
+@bp.get("/models")
+def models() -> Response:
+    usr = settings().usr_dir
+    return jsonify({kind: sorted(config.load_models(usr, job)) for kind, job in SERVED.items()})
+
+
+health = Blueprint("health", __name__)
+
+
+@health.get("/healthz")
+def healthz() -> Response:
+    """Alive, and the session folder is writable (what every request needs)."""
+    root = settings().session_dir
+    ok = root.is_dir() and os.access(root, os.W_OK)
+    return jsonify(status="ok" if ok else "session folder not writable"), (200 if ok else 503)

@@ -1,0 +1,97 @@
+"""Request handling shared by the original routes and ``/api/v1``: uploads in, sessions out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, abort, current_app, request, send_file
+from werkzeug.utils import secure_filename
+
+from scai import config, imaging
+from scai.config import ConfigError, Settings
+from scai.sessions import SessionNotFound, SessionStore, is_session_id, key_matches
+
+#: Multipart fields an image may arrive in: ``photo`` (original clients) or ``image``.
+UPLOAD_FIELDS = ("photo", "image")
+
+
+def settings() -> Settings:
+    return current_app.extensions["scai"]
+
+
+def store() -> SessionStore:
+    return SessionStore(settings().session_dir)
+
+
+def model_name(job: str, name: str | None) -> str:
+    """The configured section a request asks for (400 if there is no such section)."""
+    try:
+        return config.pick_model(config.load_models(settings().usr_dir, job), name).name
+    except ConfigError as error:
+        abort(400, str(error))
+
+
+def accept_upload(job: str, model: str | None = None) -> dict[str, Any]:
+    """Validate the uploaded image, store it as a new session and queue it for a worker.
+
+    The client's filename is reported back but never used as a path.
+    """
+    upload = next((request.files[f] for f in UPLOAD_FIELDS if f in request.files), None)
+    if upload is None:
+        abort(400, "no image: send it as the multipart field 'photo'")
+    data = upload.read()
+    try:
+        info = imaging.inspect(data, settings().max_pixels)
+    except imaging.ImageTooLarge as error:
+        abort(413, str(error))
+    except imaging.InvalidImage as error:
+        abort(400, str(error))
+    name = model_name(job, model)
+    filename = secure_filename(upload.filename or "") or f"upload.{info.ext}"
+    session_id, key = store().create(job, name, data, info.ext, filename)
+    if settings().running_mode == "job":
+        from scai.worker import spawn_job
+
+        spawn_job(settings(), job, session_id)
+    return {"sessname": session_id, "sesskey": key, "filename": filename, "model": name}
+
+
+def find_session(job: str | None, task: str | None, key: str | None) -> tuple[str, dict[str, Any]]:
+    """The session a request names, after checking its id and access key."""
+    if not task:
+        abort(400, "missing parameter 'task' (the session name)")
+    if not is_session_id(task):
+        abort(400, "invalid task: not a session name")
+    try:
+        state = store().state(task)
+    except SessionNotFound:
+        abort(404, f"no session {task}")
+    if job is not None and state.get("job") != job:
+        abort(404, f"no {job} session {task}")
+    if not key_matches(state, key):
+        abort(403, "wrong or missing key for this session")
+    return task, state
+
+
+def public_state(session_id: str, state: dict[str, Any]) -> dict[str, Any]:
+    """What a client may see of ``process.json`` (not the key digest, not internal names)."""
+    return {
+        "sessname": session_id,
+        "state": state.get("state"),
+        "job": state.get("job"),
+        "model": state.get("model"),
+        "message": state.get("message"),
+        "result": state.get("result"),
+        "result_image": state.get("result_image"),
+        **{k: state[k] for k in ("predictions", "detections") if k in state},
+        "created": state.get("created"),
+        "updated": state.get("updated"),
+    }
+
+
+def send_session_file(session_id: str, name: str) -> Response:
+    """A file of a session (the upload, the annotated image), never cached by the browser."""
+    path = store().path(session_id) / name
+    if not path.is_file():
+        abort(404, "that file of the session is gone")
+    return send_file(path, max_age=0)

@@ -1,0 +1,309 @@
+"""The session folder protocol shared by the portal, the workers and ``scai clean``.
+
+Layout under the session root::
+
+    <root>/<id>/input.<ext>          the upload, named by us, never by the client
+    <root>/<id>/process.json         state, job, model, message, result, timestamps
+    <root>/<id>/output.png           the annotated image (detection)
+    <root>/pool/<job>/<id>           a pending marker: "this session waits for a worker"
+    <root>/pool/<job>/.claimed/<id>  a marker a worker has taken
+
+Every file is written to a temporary name and renamed into place, so a reader never sees half a
+file. A worker claims a marker by locking it (``flock``) and renaming it into ``.claimed``; the
+lock lives exactly as long as the worker's process, so a marker whose lock can be taken belongs to
+a worker that died and goes back to the pool. Two workers never take the same marker: the second
+either fails to lock it or finds it already renamed away.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+from scai.inotify import FolderWatch
+
+INITIALIZATION, PROCESSING, COMPLETE, FAILURE = "initialization", "processing", "complete", "failure"
+FINAL_STATES = (COMPLETE, FAILURE)
+
+SESSION_ID_RE = re.compile(r"^d-\d{8}-[0-9a-f]{32}$")
+PROCESS_FILE = "process.json"
+POOL = "pool"
+CLAIMED = ".claimed"
+
+
+class SessionNotFound(Exception):
+    """No session with that id exists (or it was cleaned away)."""
+
+
+def new_session_id() -> str:
+    """An id that is unguessable (128 random bits) and safe as a path component."""
+    return f"d-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(16)}"
+
+
+def is_session_id(value: str) -> bool:
+    return bool(SESSION_ID_RE.match(value or ""))
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def key_digest(key: str) -> str:
+    """Only a digest of the access key is stored, so reading the folder does not reveal keys."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def key_matches(state: dict[str, Any], key: str | None) -> bool:
+    return hmac.compare_digest(state.get("key_sha256", ""), key_digest(key or ""))
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write(path, json.dumps(value, indent=1, ensure_ascii=False).encode("utf-8"))
+
+
+@dataclass
+class Claim:
+    """A marker this process holds: the open, locked file keeps other workers away."""
+
+    job: str
+    session_id: str
+    path: Path
+    fd: int
+
+
+class SessionStore:
+    """Paths and operations on one session root; every id is checked before it touches a path."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- paths -------------------------------------------------------------------------------
+    def path(self, session_id: str) -> Path:
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id)
+        return self.root / session_id
+
+    def pool(self, job: str) -> Path:
+        return self.root / POOL / job
+
+    def claimed(self, job: str) -> Path:
+        return self.pool(job) / CLAIMED
+
+    def ensure_pool(self, job: str) -> None:
+        self.claimed(job).mkdir(parents=True, exist_ok=True)
+
+    # -- the portal's side ---------------------------------------------------------------------
+    def create(self, job: str, model: str, image: bytes, ext: str, filename: str) -> tuple[str, str]:
+        """Store an upload as a new session, then queue it; returns (id, key)."""
+        session_id, key = new_session_id(), new_key()
+        folder = self.path(session_id)
+        folder.mkdir(parents=True)
+        input_name = f"input.{ext}"
+        atomic_write(folder / input_name, image)
+        stamp = now_iso()
+        atomic_write_json(
+            folder / PROCESS_FILE,
+            {
+                "state": INITIALIZATION,
+                "job": job,
+                "model": model,
+                "message": "waiting for a worker",
+                "result": None,
+                "result_image": None,
+                "input": input_name,
+                "filename": filename,
+                "created": stamp,
+                "updated": stamp,
+                "key_sha256": key_digest(key),
+            },
+        )
+        self.enqueue(job, session_id)
+        return session_id, key
+
+    def enqueue(self, job: str, session_id: str) -> None:
+        """Drop a pending marker into the pool.
+
+        A marker is empty, so creating it in place is already atomic; a rename would also delay
+        the watchers' event (watchdog holds renames back to pair them).
+        """
+        self.ensure_pool(job)
+        os.close(os.open(self.pool(job) / session_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+
+    def state(self, session_id: str) -> dict[str, Any]:
+        try:
+            return json.loads((self.path(session_id) / PROCESS_FILE).read_text("utf-8"))
+        except FileNotFoundError:
+            raise SessionNotFound(session_id) from None
+
+    # -- the worker's side ---------------------------------------------------------------------
+    def update(self, session_id: str, **fields: Any) -> dict[str, Any]:
+        """Change fields of ``process.json``; only the worker holding the claim calls this."""
+        state = self.state(session_id)
+        state.update(fields, updated=now_iso())
+        atomic_write_json(self.path(session_id) / PROCESS_FILE, state)
+        return state
+
+    def pending(self, job: str) -> list[str]:
+        """Pending session ids, oldest marker first."""
+        try:
+            entries = [e for e in os.scandir(self.pool(job)) if is_session_id(e.name) and e.is_file()]
+        except FileNotFoundError:
+            return []
+        return [e.name for e in sorted(entries, key=_mtime_or_zero)]
+
+    def claim(self, job: str, session_id: str) -> Claim | None:
+        """Take a pending marker for this process, or ``None`` if another worker has it."""
+        if not is_session_id(session_id):
+            return None
+        source = self.pool(job) / session_id
+        try:
+            fd = os.open(source, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            target = self.claimed(job) / session_id
+            os.rename(source, target)  # fails if another worker renamed it first
+        except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            return None
+        return Claim(job, session_id, target, fd)
+
+    def finish(self, claim: Claim) -> None:
+        """Drop a marker whose session reached a final state, then let go of its lock."""
+        with suppress(FileNotFoundError):
+            os.unlink(claim.path)
+        os.close(claim.fd)
+
+    def recover(self, job: str) -> list[str]:
+        """Put markers held by dead workers back in the pool; returns their ids."""
+        recovered = []
+        try:
+            entries = list(os.scandir(self.claimed(job)))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if not is_session_id(entry.name):
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(entry.path, self.pool(job) / entry.name)
+                recovered.append(entry.name)
+            except (BlockingIOError, FileNotFoundError):
+                pass  # a live worker holds it, or it finished meanwhile
+            finally:
+                os.close(fd)
+        return recovered
+
+    # -- cleaning ------------------------------------------------------------------------------
+    def sessions(self) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self.root) if is_session_id(e.name) and e.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def is_claimed(self, session_id: str) -> bool:
+        return any((self.claimed(job) / session_id).exists() for job in self._jobs())
+
+    def remove(self, session_id: str) -> bool:
+        """Delete a session and its pending markers unless a worker holds it; True if removed.
+
+        The pending marker is unlinked first, so no worker can claim the session afterwards;
+        the claim check after it catches a worker that took the marker in the meantime.
+        """
+        if self.is_claimed(session_id):
+            return False
+        for job in self._jobs():
+            with suppress(FileNotFoundError):
+                os.unlink(self.pool(job) / session_id)
+        if self.is_claimed(session_id):
+            return False
+        shutil.rmtree(self.path(session_id), ignore_errors=True)
+        return True
+
+    def _jobs(self) -> list[str]:
+        try:
+            return [e.name for e in os.scandir(self.root / POOL) if e.is_dir()]
+        except FileNotFoundError:
+            return []
+
+
+def _mtime_or_zero(entry: os.DirEntry) -> float:
+    try:
+        return entry.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def age_seconds(state: dict[str, Any], folder: Path) -> float:
+    """A session's age, from its creation stamp (or the folder's time if the stamp is unreadable)."""
+    try:
+        created = datetime.fromisoformat(state["created"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        created = folder.stat().st_mtime
+    return time.time() - created
+
+
+class SetOnChange(FileSystemEventHandler):
+    """A watchdog handler that sets a ``threading.Event`` on any change in the watched folder."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self.event.set()
+
+
+def wait_until_final(store: SessionStore, session_id: str, timeout: float) -> dict[str, Any]:
+    """The session's state once it is complete or failed, or as it is when ``timeout`` runs out.
+
+    Woken by inotify when the worker replaces ``process.json``: no polling interval to wait out.
+    """
+    deadline = time.monotonic() + timeout
+    state = store.state(session_id)
+    if state.get("state") in FINAL_STATES or timeout <= 0:
+        return state
+    with FolderWatch(store.path(session_id)) as watch:
+        while True:
+            state = store.state(session_id)  # read after the watch starts: no change is missed
+            remaining = deadline - time.monotonic()
+            if state.get("state") in FINAL_STATES or remaining <= 0:
+                return state
+            watch.wait(remaining)
