@@ -26,15 +26,12 @@ import re
 import secrets
 import shutil
 import tempfile
-import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from scai.inotify import FolderWatch
 
@@ -279,16 +276,6 @@ def age_seconds(state: dict[str, Any], folder: Path) -> float:
     except (KeyError, TypeError, ValueError):
         created = folder.stat().st_mtime
     return time.time() - created
-
-
-class SetOnChange(FileSystemEventHandler):
-    """A watchdog handler that sets a ``threading.Event`` on any change in the watched folder."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        self.event.set()
 
 
 def wait_until_final(store: SessionStore, session_id: str, timeout: float) -> dict[str, Any]:

