@@ -11,9 +11,7 @@ from scai import __version__, config
 
 
 def _folders(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--session-dir", type=Path, help="session folder (env SCAI_SESSION_DIR; default ./session)"
-    )
+    parser.add_argument("--session-dir", type=Path, help="session folder (env SCAI_SESSION_DIR; default ./session)")
     parser.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR; default ./usr)")
 
 

@@ -37,9 +37,7 @@ def _env_int(name: str, default: int) -> int:
 class Settings:
     """What the portal, the workers and the clean command agree on."""
 
-    session_dir: Path = field(
-        default_factory=lambda: Path(os.environ.get("SCAI_SESSION_DIR", ROOT / "session"))
-    )
+    session_dir: Path = field(default_factory=lambda: Path(os.environ.get("SCAI_SESSION_DIR", ROOT / "session")))
     usr_dir: Path = field(default_factory=lambda: Path(os.environ.get("SCAI_USR_DIR", ROOT / "usr")))
     #: Largest accepted upload body, in bytes (HTTP 413 above it).
     max_upload_bytes: int = field(default_factory=lambda: _env_int("SCAI_MAX_UPLOAD_MB", 20) * 1024 * 1024)

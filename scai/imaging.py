@@ -49,9 +49,7 @@ def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
     if image.format not in FORMATS:
         raise InvalidImage(f"unsupported image format {image.format}; use JPEG, PNG, BMP, GIF, WEBP or TIFF")
     if image.width * image.height > max_pixels:
-        raise ImageTooLarge(
-            f"the image is {image.width}x{image.height} pixels, more than the limit of {max_pixels}"
-        )
+        raise ImageTooLarge(f"the image is {image.width}x{image.height} pixels, more than the limit of {max_pixels}")
     return image
 
 

@@ -23,9 +23,7 @@ class Task(Protocol):
     def load(self, spec: ModelSpec) -> Any:
         """Load a model once; the result is passed back to ``run``."""
 
-    def run(
-        self, engine: Any, images: Sequence[Image.Image], folders: Sequence[Path]
-    ) -> list[dict[str, Any]]:
+    def run(self, engine: Any, images: Sequence[Image.Image], folders: Sequence[Path]) -> list[dict[str, Any]]:
         """Result fields for each image of the batch (``folders`` is where to write files)."""
 
 
@@ -42,9 +40,7 @@ class ClassificationTask:
     def load(self, spec: ModelSpec) -> Any:
         return load_classifier(spec)
 
-    def run(
-        self, engine: Any, images: Sequence[Image.Image], folders: Sequence[Path]
-    ) -> list[dict[str, Any]]:
+    def run(self, engine: Any, images: Sequence[Image.Image], folders: Sequence[Path]) -> list[dict[str, Any]]:
         results = []
         for row in engine.predict(images):
             top = engine.top(row, self.top_k)

@@ -107,9 +107,7 @@ class Server:
     def classify(self, image: Path | bytes, name: str = "photo.jpg", **params: object) -> requests.Response:
         data = image.read_bytes() if isinstance(image, Path) else image
         params.setdefault("wait", 30)
-        return requests.post(
-            f"{self.url}/api/v1/classify", params=params, files={"photo": (name, data)}, timeout=60
-        )
+        return requests.post(f"{self.url}/api/v1/classify", params=params, files={"photo": (name, data)}, timeout=60)
 
     def stop(self) -> None:
         stop(self.process)

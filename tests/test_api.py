@@ -13,7 +13,6 @@ from images import png_bomb, variants
 pytestmark = needs_assets
 
 
-
 def reference_top1() -> dict[str, str]:
     """image -> top-1 label, from the MobileNetV2 table in the assets' README."""
     from conftest import ASSETS

@@ -163,4 +163,6 @@ def test_frozen_graph_needs_its_tensor_names(small_network: dict) -> None:
     with pytest.raises(ConfigError, match="INPUT_LAYER and OUTPUT_LAYER"):
         load_classifier(spec(folder / "frozen.pb"))
     with pytest.raises(ConfigError, match="no tensor 'final_result:0'"):
-        load_classifier(spec(folder / "frozen.pb", input_layer=small_network["frozen_io"][0], output_layer="final_result"))
+        load_classifier(
+            spec(folder / "frozen.pb", input_layer=small_network["frozen_io"][0], output_layer="final_result")
+        )

@@ -23,9 +23,7 @@ def model_format(path: Path) -> str:
     suffix = path.suffix.lower()
     formats = {".tflite": "tflite", ".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".pb": "graphdef"}
     if suffix not in formats:
-        raise ConfigError(
-            f"cannot tell the format of {path.name}: use .tflite, .keras, .h5, .pb or a SavedModel"
-        )
+        raise ConfigError(f"cannot tell the format of {path.name}: use .tflite, .keras, .h5, .pb or a SavedModel")
     return formats[suffix]
 
 

@@ -116,6 +116,4 @@ class Classifier(ABC):
             return int(size[0]), int(size[1])
         if self.spec.input_size:
             return self.spec.input_size
-        raise ConfigError(
-            f"model {self.spec.name!r} does not declare its input size: set INPUT_SIZE in its section"
-        )
+        raise ConfigError(f"model {self.spec.name!r} does not declare its input size: set INPUT_SIZE in its section")

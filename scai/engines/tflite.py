@@ -60,9 +60,7 @@ def dequantize(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def input_values(
-    pixels: np.ndarray, detail: dict[str, Any], spec: ModelSpec, mean: float, std: float
-) -> np.ndarray:
+def input_values(pixels: np.ndarray, detail: dict[str, Any], spec: ModelSpec, mean: float, std: float) -> np.ndarray:
     """uint8 pixels in the input tensor's own type.
 
     Quantised image models take raw pixels (uint8) or pixels - 128 (int8) by convention, which is
