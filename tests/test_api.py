@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import IMAGES, Server, needs_assets
+from conftest import ASSETS, IMAGES, Server, needs_assets
 from images import png_bomb, variants
 
 pytestmark = needs_assets
@@ -15,9 +15,10 @@ pytestmark = needs_assets
 
 def reference_top1() -> dict[str, str]:
     """image -> top-1 label, from the MobileNetV2 table in the assets' README."""
-    from conftest import ASSETS
-
-    text = (ASSETS / "README.md").read_text(encoding="utf-8")
+    readme = ASSETS / "README.md"
+    if not readme.is_file():
+        return {"(assets missing)": ""}  # the module is skipped; keep collection working
+    text = readme.read_text(encoding="utf-8")
     section = text.split("### mobilenet_v2_1.0_224_quant.tflite", 1)[1].split("###", 1)[0]
     rows = re.findall(r"^\| (\S+\.(?:jpg|png|bmp)) \| ([^|]+?) \|", section, flags=re.M)
     return dict(rows)
