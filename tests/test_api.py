@@ -138,7 +138,10 @@ def test_hostile_filenames_never_become_paths(server: Server) -> None:
         assert response.status_code == 200
         created = response.json()
         assert "/" not in created["filename"] and ".." not in created["filename"]
-        folder = server.session_dir / created["sessname"]
+        task, key = created["sessname"], created["sesskey"]
+        done = requests.get(f"{server.url}/api/v1/sessions/{task}", params={"key": key, "wait": 30})
+        assert done.json()["state"] == "complete"  # nothing is being written now
+        folder = server.session_dir / task
         assert sorted(p.name for p in folder.iterdir()) == ["input.jpg", "process.json"]
     assert not Path("/tmp/scai-owned.jpg").exists() and not Path("/etc/scai-owned.jpg").exists()
 
