@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import ASSETS, IMAGES, Server, needs_assets
+from conftest import ASSETS, IMAGES, Server, needs_assets, wait_for
 from images import png_bomb, variants
 
 pytestmark = needs_assets
@@ -187,3 +188,13 @@ def test_job_mode_runs_one_process_per_upload(tmp_path: Path, usr: Path) -> None
         assert len(set(re.findall(r"scai\.worker\[(\d+)\] INFO complete", log))) == 2, log
     finally:
         jobs.stop()
+
+
+def test_ctrl_c_stops_the_portal_and_its_workers(tmp_path: Path, usr: Path) -> None:
+    running = Server(tmp_path / "session", usr, tmp_path / "serve.log")
+    log = tmp_path / "serve.log"
+    worker_pids = wait_for(lambda: set(re.findall(r"scai\.worker\[(\d+)\] INFO watching", log.read_text())), 30)
+    running.process.send_signal(signal.SIGINT)
+    assert running.process.wait(30) == 0
+    for pid in worker_pids:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived scai serve"

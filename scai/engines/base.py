@@ -105,10 +105,14 @@ class Classifier(ABC):
         return to_probabilities(raw.reshape(len(images), -1), self.activation)
 
     def top(self, probabilities: np.ndarray, k: int) -> list[Prediction]:
-        """The ``k`` most likely labels of one row of probabilities, most likely first."""
+        """The ``k`` most likely labels of one row, most likely first.
+
+        Classes scored zero are left out: with quantised outputs many tie at zero, and listing the
+        first of them ("tench 0.0%") says nothing.
+        """
         names = self.labels(probabilities.shape[-1])
         order = np.argsort(-probabilities, kind="stable")[:k]
-        return [Prediction(names[i], float(probabilities[i])) for i in order]
+        return [Prediction(names[i], float(probabilities[i])) for i in order if probabilities[i] > 0]
 
     def resolve_input_size(self, size: Sequence[int | None] | None) -> tuple[int, int]:
         """The model's own input size, else INPUT_SIZE from the config, else a clear error."""
