@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--json", action="store_true", help="print JSON instead of text")
     classify.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
 
+    detect = commands.add_parser("detect", help="detect objects in one image file")
+    detect.add_argument("image", type=Path)
+    detect.add_argument("--model", help="a section of usr/object_detection.config (default: default)")
+    detect.add_argument("--output", type=Path, help="write the annotated image here (PNG)")
+    detect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    detect.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
+
     clean = commands.add_parser("clean", help="remove sessions older than a limit")
     add_clean_arguments(clean)
     return parser
@@ -123,7 +130,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run(settings, config.JOB_ALIASES[args.kind], args.runningmode, args.usedconfig, args.session)
     if args.command == "classify":
         return run_classify(args)
+    if args.command == "detect":
+        return run_detect(args)
     return run_clean(args)
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    import json
+
+    from scai.imaging import InvalidImage
+    from scai.tasks import detect_file
+
+    usr = args.usr or config.Settings().usr_dir
+    spec = config.pick_model(config.load_models(usr, config.DETECTION), args.model)
+    try:
+        fields = detect_file(spec, args.image, args.output)
+    except (InvalidImage, FileNotFoundError) as error:
+        print(f"scai: {args.image}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(fields["detections"], indent=1))
+    else:
+        for d in fields["detections"]:
+            box = d["box"]
+            print(f"{d['label']}: {d['score']:.3f} at x {box['xmin']}-{box['xmax']}, y {box['ymin']}-{box['ymax']}")
+    return 0
 
 
 def _classify_spec(args: argparse.Namespace) -> config.ModelSpec:

@@ -116,7 +116,7 @@ def spec_from_section(name: str, job: str, section: configparser.SectionProxy, b
     if not model:
         raise ConfigError(f"section [{name}] of {job}.config names no model (GRAPH or PATH_TO_CKPT)")
     labels = _first(section, "labels", "path_to_labels")
-    size = _first(section, "input_size", "image_size")
+    size = section.get("input_size")
     mean, std = section.get("input_mean"), section.get("input_std")
     return ModelSpec(
         name=name,

@@ -11,14 +11,12 @@ import subprocess
 
 from werkzeug.serving import run_simple
 
-from scai.config import CLASSIFICATION, Settings
+from scai import config
+from scai.config import Settings
 from scai.portal import create_app
 from scai.worker import worker_command
 
 log = logging.getLogger("scai.service")
-
-#: The job kinds ``serve`` starts a worker for.
-SERVED_JOBS = (CLASSIFICATION,)
 
 
 def _stop_on_sigterm(*_: object) -> None:
@@ -30,7 +28,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
     app = create_app(settings)
     workers: list[subprocess.Popen] = []
     if settings.running_mode == "runtime":
-        for job in SERVED_JOBS:
+        for job in configured_jobs(settings):
             command = worker_command(settings, job, "--checktimeperoid", str(settings.rescan_seconds))
             workers.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -48,6 +46,11 @@ def serve(settings: Settings, host: str, port: int) -> int:
     finally:
         stop_all(workers)
     return 0
+
+
+def configured_jobs(settings: Settings) -> list[str]:
+    """The job kinds that have at least one model section: each gets a worker."""
+    return [job for job in config.JOBS if config.load_models(settings.usr_dir, job)]
 
 
 def stop_all(processes: list[subprocess.Popen], timeout: float = 10.0) -> None:

@@ -123,7 +123,9 @@ class SessionStore:
         self.claimed(job).mkdir(parents=True, exist_ok=True)
 
     # -- the portal's side ---------------------------------------------------------------------
-    def create(self, job: str, model: str, image: bytes, ext: str, filename: str) -> tuple[str, str]:
+    def create(
+        self, job: str, model: str, image: bytes, ext: str, filename: str, options: dict[str, Any] | None = None
+    ) -> tuple[str, str]:
         """Store an upload as a new session, then queue it; returns (id, key)."""
         session_id, key = new_session_id(), new_key()
         folder = self.path(session_id)
@@ -142,6 +144,7 @@ class SessionStore:
                 "result_image": None,
                 "input": input_name,
                 "filename": filename,
+                "options": options or {},
                 "created": stamp,
                 "updated": stamp,
                 "key_sha256": key_digest(key),

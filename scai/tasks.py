@@ -6,15 +6,31 @@ sits between them and turns an engine's output into the fields a session's ``pro
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
 
+from object_detection.boxes import Box
+from object_detection.drawing import Labelled, draw
 from scai import imaging
-from scai.config import CLASSIFICATION, ModelSpec, Settings
-from scai.engines import Prediction, load_classifier
+from scai.config import CLASSIFICATION, DETECTION, ModelSpec, Settings
+from scai.engines import Detector, Prediction, load_classifier, load_detector
+from scai.sessions import atomic_write
+
+RESULT_IMAGE = "output.png"
+
+
+@dataclass
+class Item:
+    """One session's share of a batch: its decoded image, request options and folder."""
+
+    image: Image.Image
+    folder: Path
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Task(Protocol):
@@ -23,8 +39,8 @@ class Task(Protocol):
     def load(self, spec: ModelSpec) -> Any:
         """Load a model once; the result is passed back to ``run``."""
 
-    def run(self, engine: Any, images: Sequence[Image.Image], folders: Sequence[Path]) -> list[dict[str, Any]]:
-        """Result fields for each image of the batch (``folders`` is where to write files)."""
+    def run(self, engine: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
+        """The result fields of each item of the batch (files go into the item's folder)."""
 
 
 def format_percent(score: float) -> str:
@@ -40,9 +56,9 @@ class ClassificationTask:
     def load(self, spec: ModelSpec) -> Any:
         return load_classifier(spec)
 
-    def run(self, engine: Any, images: Sequence[Image.Image], folders: Sequence[Path]) -> list[dict[str, Any]]:
+    def run(self, engine: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
         results = []
-        for row in engine.predict(images):
+        for row in engine.predict([item.image for item in items]):
             top = engine.top(row, self.top_k)
             results.append(
                 {
@@ -55,10 +71,66 @@ class ClassificationTask:
         return results
 
 
+def select(engine: Detector, raw: Any, min_score: float) -> list[Labelled]:
+    """Detections worth reporting: score >= ``min_score``, best first, inside the image, at most
+    ``max_boxes_to_draw`` of them."""
+    chosen = []
+    for index in sorted(range(len(raw.scores)), key=lambda i: -float(raw.scores[i])):
+        score = float(raw.scores[index])
+        if score < min_score or len(chosen) >= engine.max_boxes:
+            break
+        box = Box.from_yxyx(raw.boxes[index]).clipped()
+        if not box.empty:
+            class_id = int(raw.classes[index])
+            chosen.append(Labelled(box, class_id, engine.label(class_id), score))
+    return chosen
+
+
+def detection_fields(chosen: Sequence[Labelled], width: int, height: int) -> dict[str, Any]:
+    best: dict[str, float] = {}
+    for item in chosen:
+        best.setdefault(item.label, item.score)
+    return {
+        "result": {label: format_percent(score) for label, score in best.items()},
+        "detections": [
+            {
+                "label": item.label,
+                "class_id": item.class_id,
+                "score": round(item.score, 6),
+                "box": item.box.pixels(width, height),
+                "box_normalized": item.box.normalized(),
+            }
+            for item in chosen
+        ],
+        "image_size": {"width": width, "height": height},
+        "result_image": RESULT_IMAGE,
+    }
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1)  # fast; the PNG is served once or twice
+    return buffer.getvalue()
+
+
+class DetectionTask:
+    job = DETECTION
+
+    def load(self, spec: ModelSpec) -> Any:
+        return load_detector(spec)
+
+    def run(self, engine: Detector, items: Sequence[Item]) -> list[dict[str, Any]]:
+        results = []
+        for item, raw in zip(items, engine.detect([item.image for item in items]), strict=True):
+            chosen = select(engine, raw, float(item.options.get("min_score", engine.min_score)))
+            annotated = draw(item.image, chosen, engine.line_thickness)
+            atomic_write(item.folder / RESULT_IMAGE, png_bytes(annotated))
+            results.append(detection_fields(chosen, *item.image.size))
+        return results
+
+
 def task_for(job: str, top_k: int = 5) -> Task:
-    if job == CLASSIFICATION:
-        return ClassificationTask(top_k)
-    raise ValueError(f"no worker for job {job!r} yet")
+    return ClassificationTask(top_k) if job == CLASSIFICATION else DetectionTask()
 
 
 def classify_file(spec: ModelSpec, path: Path, top_k: int) -> list[Prediction]:
@@ -66,3 +138,13 @@ def classify_file(spec: ModelSpec, path: Path, top_k: int) -> list[Prediction]:
     engine = load_classifier(spec)
     image = imaging.load_rgb(Path(path).read_bytes(), Settings().max_pixels)
     return engine.top(engine.predict([image])[0], top_k)
+
+
+def detect_file(spec: ModelSpec, path: Path, output: Path | None) -> dict[str, Any]:
+    """One-shot detection: the result fields, and the annotated PNG written to ``output``."""
+    engine = load_detector(spec)
+    image = imaging.load_rgb(Path(path).read_bytes(), Settings().max_pixels)
+    chosen = select(engine, engine.detect_one(image), engine.min_score)
+    if output:
+        Path(output).write_bytes(png_bytes(draw(image, chosen, engine.line_thickness)))
+    return detection_fields(chosen, *image.size)

@@ -32,7 +32,7 @@ from scai.sessions import (
     SessionNotFound,
     SessionStore,
 )
-from scai.tasks import Task, task_for
+from scai.tasks import Item, Task, task_for
 
 log = logging.getLogger("scai.worker")
 
@@ -99,15 +99,15 @@ class Worker:
 
     def process(self, claims: list[Claim]) -> None:
         """Run claimed sessions, grouped by model; every claim ends complete, failed or gone."""
-        by_model: dict[str, list[tuple[Claim, Any]]] = defaultdict(list)
+        by_model: dict[str, list[tuple[Claim, Item]]] = defaultdict(list)
         for claim in claims:
-            item = self._open(claim)
-            if item is not None:
-                by_model[item[1]["model"]].append((claim, item[0]))
+            opened = self._open(claim)
+            if opened is not None:
+                by_model[opened[0]].append((claim, opened[1]))
         for model, items in by_model.items():
             self._run_model(model, items)
 
-    def _open(self, claim: Claim) -> tuple[Any, dict[str, Any]] | None:
+    def _open(self, claim: Claim) -> tuple[str, Item] | None:
         """Mark a session as processing and decode its image; None if it needs no more work."""
         sid = claim.session_id
         try:
@@ -116,8 +116,9 @@ class Worker:
                 self.store.finish(claim)
                 return None
             self.store.update(sid, state=PROCESSING, message="processing")
-            image = imaging.load_rgb(self.store.path(sid) / state["input"], self.settings.max_pixels)
-            return image, state
+            folder = self.store.path(sid)
+            image = imaging.load_rgb(folder / state["input"], self.settings.max_pixels)
+            return state["model"], Item(image, folder, state.get("options") or {})
         except SessionNotFound:
             log.info("session %s vanished before processing", sid)
             self.store.finish(claim)
@@ -128,14 +129,12 @@ class Worker:
             self._fail(claim, f"internal error: {error}")
         return None
 
-    def _run_model(self, model: str, items: list[tuple[Claim, Any]]) -> None:
+    def _run_model(self, model: str, items: list[tuple[Claim, Item]]) -> None:
         claims = [claim for claim, _ in items]
         try:
             engine = self.engine(model)
             started = time.perf_counter()
-            results = self.task.run(
-                engine, [image for _, image in items], [self.store.path(c.session_id) for c in claims]
-            )
+            results = self.task.run(engine, [item for _, item in items])
             elapsed = (time.perf_counter() - started) * 1000
         except (ConfigError, OSError) as error:
             for claim in claims:

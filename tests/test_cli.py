@@ -13,7 +13,7 @@ def scai(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(scai_command(*args), cwd=ROOT, capture_output=True, text=True, check=check)
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["worker"], ["classify"], ["clean"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["worker"], ["classify"], ["detect"], ["clean"]])
 def test_every_command_has_help(command: list[str]) -> None:
     out = scai(*command, "--help").stdout
     assert out.startswith("usage: scai")

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from scai.config import ConfigError, ModelSpec
-from scai.engines.base import Classifier, Prediction
+from scai.engines.base import Classifier, Detector, Prediction
 
 
 def model_format(path: Path) -> str:
@@ -27,11 +27,17 @@ def model_format(path: Path) -> str:
     return formats[suffix]
 
 
-def load_classifier(spec: ModelSpec) -> Classifier:
-    """Load a classification model once; the engine module is imported only when needed."""
+def _resolved(spec: ModelSpec) -> tuple[str, ModelSpec]:
+    """The model's format, and its spec with a SavedModel named by its folder."""
     kind = model_format(spec.path)
     if kind == "savedmodel" and spec.path.name == "saved_model.pb":
         spec = replace(spec, path=spec.path.parent)
+    return kind, spec
+
+
+def load_classifier(spec: ModelSpec) -> Classifier:
+    """Load a classification model once; the engine module is imported only when needed."""
+    kind, spec = _resolved(spec)
     if kind == "tflite":
         from scai.engines.tflite import TFLiteClassifier
 
@@ -46,4 +52,20 @@ def load_classifier(spec: ModelSpec) -> Classifier:
     return engines[kind](spec)
 
 
-__all__ = ["Classifier", "Prediction", "load_classifier", "model_format"]
+def load_detector(spec: ModelSpec) -> Detector:
+    """Load a detection model once; its output layout is recognised from the model itself."""
+    kind, spec = _resolved(spec)
+    if kind == "tflite":
+        from scai.engines.tflite import TFLiteSSDDetector
+
+        return TFLiteSSDDetector(spec)
+    from scai.engines import tensorflow
+
+    if kind == "graphdef":
+        return tensorflow.ODAPIGraphDetector(spec)
+    if kind == "savedmodel":
+        return tensorflow.ODAPISavedModelDetector(spec)
+    raise ConfigError(f"model {spec.name!r}: Keras files are not a detection layout SCAI knows")
+
+
+__all__ = ["Classifier", "Detector", "Prediction", "load_classifier", "load_detector", "model_format"]

@@ -121,3 +121,46 @@ class Classifier(ABC):
         if self.spec.input_size:
             return self.spec.input_size
         raise ConfigError(f"model {self.spec.name!r} does not declare its input size: set INPUT_SIZE in its section")
+
+
+@dataclass
+class Detections:
+    """One image's raw detections, as the model gives them, best first or not."""
+
+    boxes: np.ndarray  # [N, 4] normalised (ymin, xmin, ymax, xmax)
+    classes: np.ndarray  # [N] int, in the model's own convention (see Detector.first_class_id)
+    scores: np.ndarray  # [N] float
+
+
+class Detector(ABC):
+    """A loaded detection model.
+
+    Class ids stay in the model's own convention: TFLite SSD models count from 0 (the line index in
+    their label file), Object Detection API models from 1 (the label map id). ``first_class_id``
+    says which, per layout, and FIRST_CLASS_ID in the config overrides it; it tells which id the
+    first line of a plain-text label file gets (a ``.pbtxt`` names its ids itself).
+    """
+
+    first_class_id = 0
+
+    def __init__(self, spec: ModelSpec) -> None:
+        from object_detection import label_map
+
+        self.spec = spec
+        options = spec.options
+        if options.get("first_class_id"):
+            self.first_class_id = int(options["first_class_id"])
+        self.min_score = float(options.get("min_score_thresh", 0.5))
+        self.max_boxes = int(options.get("max_boxes_to_draw", 20))
+        self.line_thickness = int(options.get("line_thickness", 4))
+        self._labels = label_map.load(spec.labels, self.first_class_id) if spec.labels else {}
+
+    @abstractmethod
+    def detect_one(self, image: Image.Image) -> Detections:
+        """Raw detections for one RGB image."""
+
+    def detect(self, images: Sequence[Image.Image]) -> list[Detections]:
+        return [self.detect_one(image) for image in images]
+
+    def label(self, class_id: int) -> str:
+        return self._labels.get(class_id, f"class {class_id}")

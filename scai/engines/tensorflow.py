@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from scai.config import ConfigError, ModelSpec
-from scai.engines.base import Classifier, normalise
+from scai.engines.base import Classifier, Detections, Detector, normalise
 
 
 def import_tensorflow() -> Any:
@@ -37,14 +38,45 @@ def only_or_named(names: list[str], wanted: str | None, what: str, model: str) -
     return sorted(names)[0]
 
 
+class FrozenGraph:
+    """A frozen TF1 GraphDef imported once into its own graph, with one session for its life.
+
+    The original opened a session per image and never closed it.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        tf = import_tensorflow()
+        self.name = spec.name
+        graph_def = tf.compat.v1.GraphDef()
+        graph_def.ParseFromString(Path(spec.path).read_bytes())
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+        self.session = tf.compat.v1.Session(graph=self.graph)
+
+    def tensor(self, name: str) -> Any:
+        """A tensor by name, or a ``ConfigError`` that names the missing tensor."""
+        try:
+            return self.graph.get_tensor_by_name(tensor_name(name))
+        except KeyError:
+            raise ConfigError(f"model {self.name!r} has no tensor {tensor_name(name)!r}") from None
+
+
+def load_saved_model(spec: ModelSpec) -> Any:
+    """A SavedModel folder, checked for the ``serving_default`` signature the engines call."""
+    loaded = import_tensorflow().saved_model.load(str(spec.path))
+    if "serving_default" not in loaded.signatures:
+        raise ConfigError(f"model {spec.name!r} has no serving_default signature")
+    return loaded
+
+
 class SavedModelClassifier(Classifier):
     """A SavedModel directory, run through its ``serving_default`` signature."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
-        tf = import_tensorflow()
-        self.tf = tf
-        self.model = tf.saved_model.load(str(spec.path))
+        self.tf = import_tensorflow()
+        self.model = load_saved_model(spec)  # the signature needs the loaded object alive
         self.signature = self.model.signatures["serving_default"]
         inputs = self.signature.structured_input_signature[1]
         self.input_name = only_or_named(list(inputs), spec.input_layer, "input", spec.name)
@@ -75,35 +107,74 @@ class KerasClassifier(Classifier):
 
 
 class GraphDefClassifier(Classifier):
-    """A frozen TF1 graph with named input and output tensors, as ``retrain.py`` made them.
-
-    One graph and one session for the life of the engine: the original opened a session per
-    image and never closed it.
-    """
+    """A frozen TF1 graph with named input and output tensors, as ``retrain.py`` made them."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         if not spec.input_layer or not spec.output_layer:
             raise ConfigError(f"model {spec.name!r} is a frozen graph: set INPUT_LAYER and OUTPUT_LAYER")
-        tf = import_tensorflow()
-        graph_def = tf.compat.v1.GraphDef()
-        graph_def.ParseFromString(Path(spec.path).read_bytes())
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            tf.compat.v1.import_graph_def(graph_def, name="")
-        self.session = tf.compat.v1.Session(graph=self.graph)
-        self.input = self._tensor(spec.input_layer)
-        self.output = self._tensor(spec.output_layer)
+        self.graph = FrozenGraph(spec)
+        self.input = self.graph.tensor(spec.input_layer)
+        self.output = self.graph.tensor(spec.output_layer)
         shape = self.input.shape.as_list() if self.input.shape.rank else None
         self.input_size = self.resolve_input_size(shape[1:3] if shape else None)
-
-    def _tensor(self, name: str) -> Any:
-        try:
-            return self.graph.get_tensor_by_name(tensor_name(name))
-        except KeyError:
-            raise ConfigError(f"model {self.spec.name!r} has no tensor {tensor_name(name)!r}") from None
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         uint8 = self.input.dtype.as_numpy_dtype == np.uint8
         values = pixels if uint8 else normalise(pixels, self.mean, self.std)
-        return self.session.run(self.output, {self.input: values})
+        return self.graph.session.run(self.output, {self.input: values})
+
+
+#: The Object Detection API's output names, in TF1 frozen graphs and TF2 SavedModels alike.
+DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+
+
+def odapi_detections(outputs: dict[str, np.ndarray]) -> Detections:
+    count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
+    return Detections(
+        boxes=np.asarray(outputs["detection_boxes"])[0][:count],
+        classes=np.asarray(outputs["detection_classes"])[0][:count].round().astype(int),
+        scores=np.asarray(outputs["detection_scores"])[0][:count],
+    )
+
+
+class ODAPIGraphDetector(Detector):
+    """A TF1 Object Detection API frozen graph: ``image_tensor:0`` uint8 [1, H, W, 3] in, the
+    four ``detection_*`` tensors out. The graph resizes the image itself."""
+
+    first_class_id = 1
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.graph = FrozenGraph(spec)
+        self.input = self.graph.tensor(spec.input_layer or "image_tensor")
+        self.outputs = {name: self.graph.tensor(name) for name in DETECTION_OUTPUTS}
+
+    def detect_one(self, image: Image.Image) -> Detections:
+        feed = {self.input: np.asarray(image)[None]}
+        return odapi_detections(self.graph.session.run(self.outputs, feed))
+
+
+class ODAPISavedModelDetector(Detector):
+    """A TF2 Object Detection API SavedModel: ``serving_default`` takes ``input_tensor`` uint8
+    [1, H, W, 3] and answers the four ``detection_*`` outputs."""
+
+    first_class_id = 1
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.tf = import_tensorflow()
+        self.model = load_saved_model(spec)
+        self.signature = self.model.signatures["serving_default"]
+        inputs = self.signature.structured_input_signature[1]
+        self.input_name = spec.input_layer or "input_tensor"
+        if self.input_name not in inputs:
+            raise ConfigError(f"model {spec.name!r} has no input {self.input_name!r} (it has {', '.join(inputs)})")
+        missing = [name for name in DETECTION_OUTPUTS if name not in self.signature.structured_outputs]
+        if missing:
+            raise ConfigError(f"model {spec.name!r} has no output {missing[0]!r}: not an Object Detection API model")
+
+    def detect_one(self, image: Image.Image) -> Detections:
+        tensor = self.tf.constant(np.asarray(image)[None], dtype=self.tf.uint8)
+        outputs = self.signature(**{self.input_name: tensor})
+        return odapi_detections({name: outputs[name].numpy() for name in DETECTION_OUTPUTS})

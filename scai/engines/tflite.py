@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from scai.config import ModelSpec
-from scai.engines.base import Classifier, normalise
+from scai.config import ConfigError, ModelSpec
+from scai.engines.base import Classifier, Detections, Detector, normalise
 
 
 def make_interpreter(path: Path, threads: int | None = None) -> Any:
@@ -101,3 +102,47 @@ class TFLiteClassifier(Classifier):
             self.interpreter.invoke()
             rows.append(dequantize(self.interpreter.get_tensor(self.output["index"]), self.output))
         return np.concatenate(rows)
+
+
+class TFLiteSSDDetector(Detector):
+    """An SSD with the ``TFLite_Detection_PostProcess`` op: boxes, classes, scores, count."""
+
+    first_class_id = 0
+    ROLES = ("boxes", "classes", "scores", "count")
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.interpreter = make_interpreter(spec.path, threads_for(spec))
+        self.input = self.interpreter.get_input_details()[0]
+        self.input_size = tuple(int(v) for v in self.input["shape"][1:3])
+        self.outputs = self._outputs_by_role(self.interpreter.get_output_details())
+
+    def _outputs_by_role(self, details: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The post-processing op's outputs are ``NAME``, ``NAME:1``, ``NAME:2``, ``NAME:3`` in
+        the order of ROLES; a model without them is refused at load, naming what is missing."""
+        by_name = {d["name"]: d for d in details}
+        base = next((d["name"] for d in details if len(d["shape"]) == 3 and d["shape"][-1] == 4), None)
+        if base is None:
+            raise ConfigError(f"model {self.spec.name!r} has no boxes output [1, N, 4]: not a TFLite SSD")
+        base = base.split(":")[0]
+        roles = {}
+        for index, role in enumerate(self.ROLES):
+            name = base if index == 0 else f"{base}:{index}"
+            if name not in by_name:
+                raise ConfigError(f"model {self.spec.name!r} has no {role} output {name!r}")
+            roles[role] = by_name[name]
+        return roles
+
+    def detect_one(self, image: Image.Image) -> Detections:
+        height, width = self.input_size
+        pixels = np.asarray(image.resize((width, height), Image.BILINEAR))[None]
+        values = input_values(pixels, self.input, self.spec, 127.5, 127.5)
+        self.interpreter.set_tensor(self.input["index"], values)
+        self.interpreter.invoke()
+        out = {role: dequantize(self.interpreter.get_tensor(d["index"]), d) for role, d in self.outputs.items()}
+        count = int(out["count"].reshape(-1)[0])
+        return Detections(
+            boxes=out["boxes"][0][:count],
+            classes=out["classes"][0][:count].round().astype(int),
+            scores=out["scores"][0][:count],
+        )

@@ -12,16 +12,17 @@ from scai.portal.uploads import (
     accept_upload,
     find_session,
     public_state,
+    send_result_image,
     send_session_file,
     settings,
     store,
+    upload_options,
 )
 from scai.sessions import COMPLETE, FAILURE, wait_until_final
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-#: Jobs with a worker; detection joins when its worker exists.
-SERVED = {"classify": JOB_ALIASES["classify"]}
+SERVED = JOB_ALIASES
 
 
 def _wait_seconds() -> float:
@@ -43,6 +44,8 @@ def session_response(session_id: str, key: str, state: dict) -> tuple[Response, 
         "self": url_for("api.session", session_id=session_id, key=key),
         "input": url_for("api.session_input", session_id=session_id, key=key),
     }
+    if state.get("result_image"):
+        body["links"]["output"] = url_for("api.session_output", session_id=session_id, key=key)
     status = {COMPLETE: 200, FAILURE: 422}.get(state.get("state"), 202)
     response = jsonify(body)
     if status == 202:
@@ -55,7 +58,7 @@ def submit(kind: str) -> tuple[Response, int]:
     if kind not in SERVED:
         abort(404, f"no service {kind!r}; use one of: {', '.join(SERVED)}")
     wait = _wait_seconds()
-    created = accept_upload(SERVED[kind], request.args.get("model"))
+    created = accept_upload(SERVED[kind], request.args.get("model"), upload_options(SERVED[kind]))
     session_id, key = created["sessname"], created["sesskey"]
     state = wait_until_final(store(), session_id, wait)
     return session_response(session_id, key, state)
@@ -73,6 +76,12 @@ def session(session_id: str) -> tuple[Response, int]:
 def session_input(session_id: str) -> Response:
     _, state = find_session(None, session_id, request.args.get("key"))
     return send_session_file(session_id, state["input"])
+
+
+@bp.get("/sessions/<session_id>/output")
+def session_output(session_id: str) -> Response:
+    _, state = find_session(None, session_id, request.args.get("key"))
+    return send_result_image(session_id, state)
 
 
 @bp.get("/models")

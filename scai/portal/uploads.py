@@ -8,7 +8,7 @@ from flask import Response, abort, current_app, request, send_file
 from werkzeug.utils import secure_filename
 
 from scai import config, imaging
-from scai.config import ConfigError, Settings
+from scai.config import DETECTION, ConfigError, Settings
 from scai.sessions import SessionNotFound, SessionStore, is_session_id, key_matches
 
 #: Multipart fields an image may arrive in: ``photo`` (original clients) or ``image``.
@@ -31,7 +31,21 @@ def model_name(job: str, name: str | None) -> str:
         abort(400, str(error))
 
 
-def accept_upload(job: str, model: str | None = None) -> dict[str, Any]:
+def upload_options(job: str) -> dict[str, Any]:
+    """Per-request options the worker applies: ``min_score`` for detection (0..1)."""
+    raw = request.args.get("min_score")
+    if job != DETECTION or raw is None:
+        return {}
+    try:
+        value = float(raw)
+    except ValueError:
+        abort(400, f"min_score must be a number between 0 and 1, not {raw!r}")
+    if not 0 <= value <= 1:
+        abort(400, f"min_score must be between 0 and 1, not {value}")
+    return {"min_score": value}
+
+
+def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate the uploaded image, store it as a new session and queue it for a worker.
 
     The client's filename is reported back but never used as a path.
@@ -48,7 +62,7 @@ def accept_upload(job: str, model: str | None = None) -> dict[str, Any]:
         abort(400, str(error))
     name = model_name(job, model)
     filename = secure_filename(upload.filename or "") or f"upload.{info.ext}"
-    session_id, key = store().create(job, name, data, info.ext, filename)
+    session_id, key = store().create(job, name, data, info.ext, filename, options or {})
     if settings().running_mode == "job":
         from scai.worker import spawn_job
 
@@ -83,7 +97,7 @@ def public_state(session_id: str, state: dict[str, Any]) -> dict[str, Any]:
         "message": state.get("message"),
         "result": state.get("result"),
         "result_image": state.get("result_image"),
-        **{k: state[k] for k in ("predictions", "detections") if k in state},
+        **{k: state[k] for k in ("predictions", "detections", "image_size") if k in state},
         "created": state.get("created"),
         "updated": state.get("updated"),
     }
@@ -95,3 +109,10 @@ def send_session_file(session_id: str, name: str) -> Response:
     if not path.is_file():
         abort(404, "that file of the session is gone")
     return send_file(path, max_age=0)
+
+
+def send_result_image(session_id: str, state: dict[str, Any]) -> Response:
+    """The annotated image once the worker wrote it: 404 before, and for jobs that make none."""
+    if not state.get("result_image"):
+        abort(404, f"no result image (the session is {state.get('state')})")
+    return send_session_file(session_id, state["result_image"])
