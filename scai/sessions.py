@@ -281,19 +281,27 @@ def age_seconds(state: dict[str, Any], folder: Path) -> float:
     return time.time() - created
 
 
-def wait_until_final(store: SessionStore, session_id: str, timeout: float) -> dict[str, Any]:
-    """The session's state once it is complete or failed, or as it is when ``timeout`` runs out.
+def wait_until_final(
+    store: SessionStore, session_id: str, timeout: float, changed_from: str | None = None
+) -> dict[str, Any]:
+    """The session's state once it is complete or failed (or, with ``changed_from``, once its state
+    is another), or as it is when ``timeout`` runs out.
 
     Woken by inotify when the worker replaces ``process.json``: no polling interval to wait out.
     """
+
+    def settled(state: dict[str, Any]) -> bool:
+        current = state.get("state")
+        return current in FINAL_STATES or (changed_from is not None and current != changed_from)
+
     deadline = time.monotonic() + timeout
     state = store.state(session_id)
-    if state.get("state") in FINAL_STATES or timeout <= 0:
+    if settled(state) or timeout <= 0:
         return state
     with FolderWatch(store.path(session_id)) as watch:
         while True:
             state = store.state(session_id)  # read after the watch starts: no change is missed
             remaining = deadline - time.monotonic()
-            if state.get("state") in FINAL_STATES or remaining <= 0:
+            if settled(state) or remaining <= 0:
                 return state
             watch.wait(remaining)

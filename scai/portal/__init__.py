@@ -17,11 +17,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # keep top-k results in score order
     app.extensions["scai"] = settings
 
-    from scai.portal import api, legacy
+    from scai.portal import api, legacy, pages
 
     app.register_blueprint(legacy.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health)
+    app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, json_error)
     return app
 

@@ -67,8 +67,9 @@ def submit(kind: str) -> tuple[Response, int]:
 @bp.get("/sessions/<session_id>")
 def session(session_id: str) -> tuple[Response, int]:
     key = request.args.get("key")
-    _, state = find_session(None, session_id, key)
-    state = wait_until_final(store(), session_id, _wait_seconds())
+    find_session(None, session_id, key)
+    changed_from = request.args.get("changed_from")  # wake on any change, for progress displays
+    state = wait_until_final(store(), session_id, _wait_seconds(), changed_from)
     return session_response(session_id, key or "", state)
 
 
