@@ -81,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--json", action="store_true", help="print JSON instead of text")
     detect.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
 
+    deploy = commands.add_parser("deploy", help="production files: nginx, uwsgi, systemd, cron")
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True, metavar="ACTION")
+    render = deploy_commands.add_parser("render", help="write deploy/ filled in for one installation")
+    render.add_argument("--prefix", type=Path, default=config.ROOT, help="where SCAI and its .venv live")
+    render.add_argument("--user", required=True, help="the user the services run as")
+    render.add_argument("--group", help="their group (default: the user's; use www-data so nginx reaches the socket)")
+    render.add_argument("--port", type=int, default=80, help="the port nginx listens on (default 80)")
+    render.add_argument("--host", default="", help="the address nginx listens on (default: all)")
+    render.add_argument("--out", type=Path, required=True, help="where to write the files (e.g. /etc/scai)")
+    render.add_argument("--session-dir", type=Path, help="default PREFIX/session")
+    render.add_argument("--usr", type=Path, help="model configs; default PREFIX/usr")
+    render.add_argument("--run-dir", type=Path, default=Path("/run/scai"), help="uwsgi socket folder")
+    render.add_argument("--log-dir", type=Path, default=Path("/var/log/scai"))
+    render.add_argument("--max-upload-mb", type=int, default=20, help="upload limit, nginx and portal alike")
+
     clean = commands.add_parser("clean", help="remove sessions older than a limit")
     add_clean_arguments(clean)
     return parser
@@ -132,7 +147,34 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_classify(args)
     if args.command == "detect":
         return run_detect(args)
+    if args.command == "deploy":
+        return run_deploy(args)
     return run_clean(args)
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    from scai.deploy import Installation, RenderError, render
+
+    installation = Installation(
+        prefix=args.prefix,
+        user=args.user,
+        port=args.port,
+        group=args.group,
+        host=args.host,
+        session_dir=args.session_dir,
+        usr_dir=args.usr,
+        run_dir=args.run_dir,
+        log_dir=args.log_dir,
+        max_upload_mb=args.max_upload_mb,
+    )
+    try:
+        written = render(installation, args.out)
+    except RenderError as error:
+        print(f"scai: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
 
 
 def run_detect(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -34,6 +35,13 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def age(store, session_id: str, seconds: float) -> None:
+    """Make a session look ``seconds`` old (its creation stamp, as ``scai clean`` reads it)."""
+    state = store.state(session_id)
+    state["created"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - seconds))
+    (store.path(session_id) / "process.json").write_text(json.dumps(state))
 
 
 def free_port() -> int:

@@ -6,10 +6,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, age
 
 from scai.cleanup import clean
 from scai.sessions import (
@@ -105,12 +104,6 @@ def test_update_is_atomic_and_keeps_fields(tmp_path: Path) -> None:
     store.update(session_id, state=COMPLETE, result={"cat": "99.0%"})
     state = store.state(session_id)
     assert state["state"] == COMPLETE and state["result"] == {"cat": "99.0%"} and key_matches(state, key)
-
-
-def age(store: SessionStore, session_id: str, seconds: float) -> None:
-    state = store.state(session_id)
-    state["created"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - seconds))
-    (store.path(session_id) / "process.json").write_text(json.dumps(state))
 
 
 def test_clean_removes_old_sessions_with_markers_but_not_busy_ones(tmp_path: Path) -> None:

@@ -1,0 +1,92 @@
+"""``scai deploy render``: the files in ``deploy/`` filled in for one installation.
+
+The files in ``deploy/`` are templates whose ``@NAME@`` marks are replaced here, so a user never
+edits paths by hand. One worker unit template serves both job kinds.
+"""
+
+from __future__ import annotations
+
+import grp
+import pwd
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from scai.config import JOB_ALIASES, ROOT
+
+DEPLOY = ROOT / "deploy"
+#: template in deploy/ -> file written under --out (and the extra marks it gets)
+FILES: list[tuple[str, str, dict[str, str]]] = [
+    ("nginx/scai.conf", "nginx/scai.conf", {}),
+    ("nginx/scai-subpath.conf", "nginx/scai-subpath.conf", {}),
+    ("uwsgi/scai.ini", "uwsgi/scai.ini", {}),
+    ("systemd/scai.service", "systemd/scai.service", {}),
+    *[("systemd/scai-worker.service", f"systemd/scai-{kind}.service", {"KIND": kind}) for kind in JOB_ALIASES],
+    ("cron/scai-clean", "cron/scai-clean", {}),
+]
+SYSTEM_RUN_DIR = Path("/run/scai")
+
+
+class RenderError(ValueError):
+    """A template mark without a value, or a user or group that does not exist."""
+
+
+@dataclass
+class Installation:
+    """Where one SCAI installation lives and how it is reached."""
+
+    prefix: Path
+    user: str
+    port: int
+    group: str | None = None
+    host: str = ""
+    session_dir: Path | None = None
+    usr_dir: Path | None = None
+    run_dir: Path = SYSTEM_RUN_DIR
+    log_dir: Path = Path("/var/log/scai")
+    max_upload_mb: int = 20
+
+    def marks(self, config_dir: Path) -> dict[str, str]:
+        prefix = self.prefix.resolve()
+        try:
+            group = self.group or grp.getgrgid(pwd.getpwnam(self.user).pw_gid).gr_name
+        except KeyError:
+            raise RenderError(f"no user {self.user!r} on this machine (create it first: useradd --system)") from None
+        runtime = "RuntimeDirectory=scai" if self.run_dir == SYSTEM_RUN_DIR else f"ReadWritePaths={self.run_dir}"
+        return {
+            "PREFIX": str(prefix),
+            "VENV": str(prefix / ".venv"),
+            "USER": self.user,
+            "GROUP": group,
+            "LISTEN": f"{self.host}:{self.port}" if self.host else str(self.port),
+            "SESSION_DIR": str((self.session_dir or prefix / "session").resolve()),
+            "USR_DIR": str((self.usr_dir or prefix / "usr").resolve()),
+            "RUN_DIR": str(self.run_dir),
+            "LOG_DIR": str(self.log_dir),
+            "MAX_UPLOAD_MB": str(self.max_upload_mb),
+            "CONFIG_DIR": str(config_dir.resolve()),
+            "RUNTIME_DIRECTORY": runtime,
+        }
+
+
+def fill(text: str, marks: dict[str, str], name: str) -> str:
+    """Replace every ``@NAME@``; a mark without a value is an error, not a silent hole."""
+
+    def value(match: re.Match) -> str:
+        if match.group(1) not in marks:
+            raise RenderError(f"{name}: no value for @{match.group(1)}@")
+        return marks[match.group(1)]
+
+    return re.sub(r"@([A-Z_]+)@", value, text)
+
+
+def render(installation: Installation, out: Path) -> list[Path]:
+    """Write every deployment file for ``installation`` under ``out``; returns their paths."""
+    marks = installation.marks(out)
+    written = []
+    for source, target, extra in FILES:
+        path = out / target
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(fill((DEPLOY / source).read_text(encoding="utf-8"), {**marks, **extra}, source))
+        written.append(path)
+    return written
