@@ -219,11 +219,20 @@ def run(settings: Settings, job: str, mode: str, model: str | None = None, sessi
     return 0
 
 
+def python_executable() -> str:
+    """This environment's Python. Under uwsgi ``sys.executable`` is the uwsgi binary, so the
+    interpreter is found from ``sys.prefix`` (the virtual environment) instead."""
+    candidate = Path(sys.prefix) / "bin" / "python"
+    if Path(sys.executable).name.startswith("python") or not candidate.exists():
+        return sys.executable
+    return str(candidate)
+
+
 def worker_command(settings: Settings, job: str, *extra: str) -> list[str]:
     """The command line that runs a worker for ``job`` with the same folders as ``settings``."""
     alias = {v: k for k, v in config.JOB_ALIASES.items()}[job]
     return [
-        sys.executable, "-m", "scai", "worker", alias,
+        python_executable(), "-m", "scai", "worker", alias,
         "--session-dir", str(settings.session_dir), "--usr", str(settings.usr_dir), *extra,
     ]  # fmt: skip
 

@@ -249,3 +249,28 @@ def test_clean_runs_as_the_cron_line_runs_it(deployment: Deployment) -> None:
     assert run.returncode == 0
     assert not store.path(old).exists() and store.path(fresh).exists() and store.path(busy).exists()
     assert f"removed {old}" in (deployment.folder / "log" / "clean.log").read_text()
+
+
+def test_job_mode_under_uwsgi(tmp_path: Path) -> None:
+    """In job mode the portal starts a worker per upload; under uwsgi, sys.executable is uwsgi."""
+    port = free_port()
+    usr = write_usr(tmp_path / "usr")
+    command = [
+        str(UWSGI), "--http-socket", f"127.0.0.1:{port}", "--module", "run:application", "--chdir", str(ROOT),
+        "--virtualenv", str(Path(sys.executable).parent.parent), "--master", "--processes", "1", "--threads", "4",
+        "--need-app", "--env", "SCAI_RUNNING_MODE=job", "--env", f"SCAI_SESSION_DIR={tmp_path / 'session'}",
+        "--env", f"SCAI_USR_DIR={usr}", "--die-on-term",
+    ]  # fmt: skip
+    log = tmp_path / "uwsgi.log"
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: b"spawned uWSGI worker" in log.read_bytes(), 30, "uwsgi to start")
+        response = requests.post(
+            f"http://127.0.0.1:{port}/api/v1/classify",
+            params={"model": "mobilenet_v2", "wait": 30},
+            files={"photo": ("p.jpg", (IMAGES / "parrot.jpg").read_bytes())},
+        )
+        assert response.status_code == 200, (response.text, log.read_text()[-2000:])
+        assert response.json()["predictions"][0]["label"] == "macaw"
+    finally:
+        stop(process)
