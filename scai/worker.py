@@ -68,7 +68,11 @@ class Worker:
             self.engine(name)
 
     def engine(self, name: str) -> Any:
+        """The loaded model of a section, loading it on first use; a section added to the config
+        since start-up is found by reading the config again."""
         if name not in self.engines:
+            if name not in self.models:
+                self.models = config.load_models(self.settings.usr_dir, self.job)
             spec = config.pick_model(self.models, name)
             started = time.perf_counter()
             self.engines[name] = self.task.load(spec)

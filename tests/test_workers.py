@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import IMAGES, ROOT, needs_assets, scai_command, stop, wait_for
+from conftest import CLASSIFY_MODELS, IMAGES, ROOT, needs_assets, scai_command, stop, wait_for, write_usr
 
 from scai.config import Settings
 from scai.portal import create_app
@@ -92,3 +92,21 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path: Path, usr: Path, port
     assert {store.state(i)["predictions"][0]["label"] for i in ids} == {"military uniform"}
     assert "took back" in log.read_text()
     assert not store.pending(JOB) and not list(store.claimed(JOB).iterdir())
+
+
+def test_a_section_added_after_start_is_served_without_a_restart(tmp_path: Path, portal) -> None:
+    client, store = portal
+    usr = write_usr(tmp_path / "late-usr")
+    settings = Settings(session_dir=store.root, usr_dir=usr)
+    client = create_app(settings).test_client()
+    worker = start_worker(store.root, usr, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: "watching" in (tmp_path / "worker.log").read_text(), 30, "the worker to start")
+        with (usr / "image_classification.config").open("a") as config:
+            config.write(f"\n[late]\nGRAPH = {CLASSIFY_MODELS / 'mobilenet_v2_1.0_224_quant.tflite'}\n")
+            config.write(f"LABELS = {CLASSIFY_MODELS / 'mobilenet_v2_labels.txt'}\n")
+        session = upload(client, (IMAGES / "parrot.jpg").read_bytes(), "late")
+        wait_for(lambda: store.state(session)["state"] in ("complete", "failure"), 30, "the session")
+        assert store.state(session)["predictions"][0]["label"] == "macaw"
+    finally:
+        stop(worker)
