@@ -45,7 +45,9 @@ def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(stream)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InvalidImage(f"not a readable image ({error.__class__.__name__})") from None
+        raise InvalidImage(
+            f"not a readable image: use a JPEG, PNG, BMP, GIF, WEBP or TIFF file ({error.__class__.__name__})"
+        ) from None
     if image.format not in FORMATS:
         raise InvalidImage(f"unsupported image format {image.format}; use JPEG, PNG, BMP, GIF, WEBP or TIFF")
     if image.width * image.height > max_pixels:

@@ -201,6 +201,7 @@ document.querySelector('[role="tablist"]').addEventListener("keydown", (event) =
   selectTab(next);
 });
 for (const tab of document.querySelectorAll('[role="tab"]')) tab.addEventListener("click", () => selectTab(tab));
+preview.addEventListener("error", () => { preview.hidden = true; }); // not an image the browser can show
 fileInput.addEventListener("change", () => choose(fileInput.files[0]));
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));

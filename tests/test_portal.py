@@ -125,6 +125,7 @@ def test_a_text_file_shows_the_error_in_plain_words(page, portal: Server, tmp_pa
     error = page.get_by_role("alert")
     assert error.is_visible() and "not a readable image" in error.inner_text()
     assert page.locator("#status").inner_text() == "Failed" and page.locator(".bars").count() == 0
+    assert page.locator("#preview").is_hidden(), "no broken preview for a file that is not an image"
     page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
 
 
