@@ -68,6 +68,8 @@ class ModelSpec:
     job: str
     path: Path
     labels: Path | None = None
+    #: A classification head on the backbone's features (``scai train`` makes these).
+    head: Path | None = None
     input_layer: str | None = None
     output_layer: str | None = None
     input_size: tuple[int, int] | None = None  # (height, width)
@@ -123,6 +125,7 @@ def spec_from_section(name: str, job: str, section: configparser.SectionProxy, b
         job=job,
         path=resolve_path(model, base),
         labels=resolve_path(labels, base) if labels else None,
+        head=resolve_path(section["head"], base) if section.get("head") else None,
         input_layer=section.get("input_layer") or None,
         output_layer=section.get("output_layer") or None,
         input_size=_parse_size(size) if size else None,

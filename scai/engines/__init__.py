@@ -38,6 +38,10 @@ def _resolved(spec: ModelSpec) -> tuple[str, ModelSpec]:
 def load_classifier(spec: ModelSpec) -> Classifier:
     """Load a classification model once; the engine module is imported only when needed."""
     kind, spec = _resolved(spec)
+    if spec.head is not None:
+        from scai.engines.composite import CompositeClassifier
+
+        return CompositeClassifier(spec)
     if kind == "tflite":
         from scai.engines.tflite import TFLiteClassifier
 

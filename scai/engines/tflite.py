@@ -49,6 +49,10 @@ def embedded_text_files(path: Path) -> dict[str, list[str]]:
         return {}
 
 
+def explicit_normalisation(spec: ModelSpec) -> bool:
+    return spec.input_mean is not None or spec.input_std is not None
+
+
 def quantize(real: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
     info = np.iinfo(dtype)
     return np.clip(np.round(real / scale + zero_point), info.min, info.max).astype(dtype)
@@ -61,17 +65,16 @@ def dequantize(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def input_values(pixels: np.ndarray, detail: dict[str, Any], spec: ModelSpec, mean: float, std: float) -> np.ndarray:
+def input_values(pixels: np.ndarray, detail: dict[str, Any], mean: float, std: float, explicit: bool) -> np.ndarray:
     """uint8 pixels in the input tensor's own type.
 
     Quantised image models take raw pixels (uint8) or pixels - 128 (int8) by convention, which is
     what their quantisation parameters encode; an explicit INPUT_MEAN/INPUT_STD in the config
-    instead normalises first and quantises the result.
+    (``explicit``) instead normalises first and quantises the result.
     """
     dtype = detail["dtype"]
     if dtype == np.float32:
         return normalise(pixels, mean, std)
-    explicit = spec.input_mean is not None or spec.input_std is not None
     scale, zero_point = detail["quantization"]
     if explicit and scale:
         return quantize(normalise(pixels, mean, std), scale, zero_point, dtype)
@@ -97,7 +100,7 @@ class TFLiteClassifier(Classifier):
     def run(self, pixels: np.ndarray) -> np.ndarray:
         rows = []
         for image in pixels:  # the models we ship have batch size 1
-            values = input_values(image[None], self.input, self.spec, self.mean, self.std)
+            values = input_values(image[None], self.input, self.mean, self.std, explicit_normalisation(self.spec))
             self.interpreter.set_tensor(self.input["index"], values)
             self.interpreter.invoke()
             rows.append(dequantize(self.interpreter.get_tensor(self.output["index"]), self.output))
@@ -136,7 +139,7 @@ class TFLiteSSDDetector(Detector):
     def detect_one(self, image: Image.Image) -> Detections:
         height, width = self.input_size
         pixels = np.asarray(image.resize((width, height), Image.BILINEAR))[None]
-        values = input_values(pixels, self.input, self.spec, 127.5, 127.5)
+        values = input_values(pixels, self.input, 127.5, 127.5, explicit_normalisation(self.spec))
         self.interpreter.set_tensor(self.input["index"], values)
         self.interpreter.invoke()
         out = {role: dequantize(self.interpreter.get_tensor(d["index"]), d) for role, d in self.outputs.items()}
