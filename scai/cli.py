@@ -81,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--json", action="store_true", help="print JSON instead of text")
     detect.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
 
+    train = commands.add_parser("train", help="train a classifier on a folder of photos (one sub-folder per class)")
+    train.add_argument("dataset", type=Path, metavar="DATASET_DIR")
+    train.add_argument("--name", required=True, help="the model's name: served as model=NAME")
+    train.add_argument("--base", help="backbone: a classification section (default: default) or a .tflite file")
+    train.add_argument("--epochs", type=int, default=150)
+    train.add_argument("--validation-fraction", type=float, default=0.25, help="held out per class (default 0.25)")
+    train.add_argument("--seed", type=int, default=0, help="the held-out split and the training (default 0)")
+    train.add_argument("--bottleneck-dir", type=Path, help="feature cache (default USR/models/.bottlenecks)")
+    train.add_argument(
+        "--quantize", choices=("int8", "float16", "none"), default="none", help="also export the head so"
+    )
+    train.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
+
     deploy = commands.add_parser("deploy", help="production files: nginx, uwsgi, systemd, cron")
     deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True, metavar="ACTION")
     render = deploy_commands.add_parser("render", help="write deploy/ filled in for one installation")
@@ -149,7 +162,42 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_detect(args)
     if args.command == "deploy":
         return run_deploy(args)
+    if args.command == "train":
+        return run_train(args)
     return run_clean(args)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import shlex
+
+    from scai.train.dataset import DatasetError
+    from scai.train.trainer import TrainOptions, train
+
+    options = TrainOptions(
+        dataset=args.dataset,
+        name=args.name,
+        usr_dir=(args.usr or config.Settings().usr_dir).resolve(),
+        base=args.base,
+        epochs=args.epochs,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        bottleneck_dir=args.bottleneck_dir,
+        quantize=args.quantize,
+        command=shlex.join(["scai", *sys.argv[1:]]),
+    )
+    try:
+        result = train(options)
+    except DatasetError as error:
+        print(f"scai: {error}", file=sys.stderr)
+        return 2
+    for path, reason in result.unreadable:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    quantized = f" ({args.quantize}: {result.quantized_accuracy:.1%})" if result.quantized_accuracy is not None else ""
+    print(f"held-out accuracy {result.accuracy:.1%}{quantized} on {result.validation_count} photos")
+    print(f"bottlenecks: {result.computed} computed, {result.reused} reused; {result.seconds['total']} s in all")
+    print(f"report: {result.model_dir / 'report.md'}")
+    print(f"served as model={result.name} (section [{result.name}] of {options.usr_dir}/image_classification.config)")
+    return 0
 
 
 def run_deploy(args: argparse.Namespace) -> int:

@@ -151,3 +151,23 @@ def pick_model(models: dict[str, ModelSpec], name: str | None) -> ModelSpec:
         known = ", ".join(sorted(models)) or "none"
         raise ConfigError(f"unknown model {name!r} (configured: {known})")
     return models[name]
+
+
+def write_section(path: Path, name: str, keys: dict[str, str]) -> None:
+    """Add section ``[name]`` to an INI file, or replace it, keeping every other line (and the
+    comments that document the file) as it was. Written atomically."""
+    from scai.sessions import atomic_write
+
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    block = [f"[{name}]", *(f"{key} = {value}" for key, value in keys.items())]
+    start = next((i for i, line in enumerate(lines) if line.strip() == f"[{name}]"), None)
+    if start is None:
+        lines = [*lines, *([""] if lines and lines[-1].strip() else []), *block]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("[")), len(lines))
+        while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+            end -= 1  # comments just above the next section belong to it
+        lines = [*lines[:start], *block, *lines[end:]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))

@@ -56,8 +56,10 @@ class Worker:
         self.task: Task = task_for(job, settings.top_k)
         self.store = SessionStore(settings.session_dir)
         self.store.ensure_pool(job)
-        self.models = config.load_models(settings.usr_dir, job)
-        self.engines: dict[str, Any] = {}
+        self.models: dict[str, config.ModelSpec] = {}
+        self.models_stamp = -1
+        self._reread_models()
+        self.engines: dict[str, tuple[config.ModelSpec, Any]] = {}
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
@@ -68,16 +70,22 @@ class Worker:
             self.engine(name)
 
     def engine(self, name: str) -> Any:
-        """The loaded model of a section, loading it on first use; a section added to the config
-        since start-up is found by reading the config again."""
-        if name not in self.engines:
-            if name not in self.models:
-                self.models = config.load_models(self.settings.usr_dir, self.job)
-            spec = config.pick_model(self.models, name)
+        """The loaded model of a section, loading it on first use. The config is read again when
+        its file changed, so a section added or retrained since start-up is served as it is now."""
+        self._reread_models()
+        spec = config.pick_model(self.models, name)
+        cached = self.engines.get(name)
+        if cached is None or cached[0] != spec:
             started = time.perf_counter()
-            self.engines[name] = self.task.load(spec)
+            self.engines[name] = (spec, self.task.load(spec))
             log.info("loaded model %r from %s in %.2f s", name, spec.path, time.perf_counter() - started)
-        return self.engines[name]
+        return self.engines[name][1]
+
+    def _reread_models(self) -> None:
+        path = self.settings.usr_dir / f"{self.job}.config"
+        stamp = path.stat().st_mtime_ns if path.exists() else 0
+        if stamp != self.models_stamp:
+            self.models, self.models_stamp = config.load_models(self.settings.usr_dir, self.job), stamp
 
     # -- processing -----------------------------------------------------------------------------
     def claim_batch(self) -> list[Claim]:

