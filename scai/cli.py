@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -167,22 +168,23 @@ def _dispatch(args: argparse.Namespace) -> int:
     return run_clean(args)
 
 
+def from_args(cls: type, args: argparse.Namespace, **overrides: object) -> object:
+    """A dataclass filled from the flags of the same names (``--validation-fraction`` ->
+    ``validation_fraction``), then ``overrides``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **overrides})
+
+
 def run_train(args: argparse.Namespace) -> int:
     import shlex
 
     from scai.train.dataset import DatasetError
     from scai.train.trainer import TrainOptions, train
 
-    options = TrainOptions(
-        dataset=args.dataset,
-        name=args.name,
+    options = from_args(
+        TrainOptions,
+        args,
         usr_dir=(args.usr or config.Settings().usr_dir).resolve(),
-        base=args.base,
-        epochs=args.epochs,
-        validation_fraction=args.validation_fraction,
-        seed=args.seed,
-        bottleneck_dir=args.bottleneck_dir,
-        quantize=args.quantize,
         command=shlex.join(["scai", *sys.argv[1:]]),
     )
     try:
@@ -203,18 +205,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_deploy(args: argparse.Namespace) -> int:
     from scai.deploy import Installation, RenderError, render
 
-    installation = Installation(
-        prefix=args.prefix,
-        user=args.user,
-        port=args.port,
-        group=args.group,
-        host=args.host,
-        session_dir=args.session_dir,
-        usr_dir=args.usr,
-        run_dir=args.run_dir,
-        log_dir=args.log_dir,
-        max_upload_mb=args.max_upload_mb,
-    )
+    installation = from_args(Installation, args, usr_dir=args.usr)
     try:
         written = render(installation, args.out)
     except RenderError as error:
