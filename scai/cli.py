@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
 
+    evaluate = commands.add_parser("evaluate", help="accuracy, precision and recall of a model on a labelled folder")
+    evaluate.add_argument("dataset", type=Path, metavar="DATASET_DIR")
+    evaluate.add_argument("--model", help="a section of usr/image_classification.config (default: default)")
+    evaluate.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
+
+    quantize = commands.add_parser("quantize", help="a smaller head for a model made by scai train")
+    quantize.add_argument("--model", required=True, help="the trained model's name")
+    quantize.add_argument("--mode", choices=("int8", "float16"), required=True)
+    quantize.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
+
     deploy = commands.add_parser("deploy", help="production files: nginx, uwsgi, systemd, cron")
     deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True, metavar="ACTION")
     render = deploy_commands.add_parser("render", help="write deploy/ filled in for one installation")
@@ -165,6 +175,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_deploy(args)
     if args.command == "train":
         return run_train(args)
+    if args.command == "evaluate":
+        return run_evaluate(args)
+    if args.command == "quantize":
+        return run_quantize(args)
     return run_clean(args)
 
 
@@ -199,6 +213,37 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"bottlenecks: {result.computed} computed, {result.reused} reused; {result.seconds['total']} s in all")
     print(f"report: {result.model_dir / 'report.md'}")
     print(f"served as model={result.name} (section [{result.name}] of {options.usr_dir}/image_classification.config)")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from scai.train.dataset import DatasetError
+    from scai.train.evaluate import evaluate
+
+    usr = args.usr or config.Settings().usr_dir
+    try:
+        result = evaluate(config.pick_model(config.load_models(usr, config.CLASSIFICATION), args.model), args.dataset)
+    except DatasetError as error:
+        print(f"scai: {error}", file=sys.stderr)
+        return 2
+    for path, reason in result.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(result.table())
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from scai.train.evaluate import quantize
+
+    usr = (args.usr or config.Settings().usr_dir).resolve()
+    result = quantize(usr, args.model, args.mode)
+    print(
+        f"head: {result['float_size'] / 1024:.1f} KB float -> {result[args.mode + '_size'] / 1024:.1f} KB {args.mode}"
+    )
+    print(
+        f"held-out accuracy: {result['float_accuracy']:.1%} float -> {result[args.mode + '_accuracy']:.1%} {args.mode}"
+    )
+    print(f"now serving {result['head']}")
     return 0
 
 

@@ -104,3 +104,28 @@ def test_unreadable_photos_are_skipped_and_listed(tmp_path: Path) -> None:
     assert "skipped" in run.stderr and "broken.jpg" in run.stderr
     assert "broken.jpg" in (tmp_path / "models" / "tiny" / "report.md").read_text()
     assert json.loads((tmp_path / "models" / "tiny" / "report.json").read_text())["computed"] == 5
+
+
+def test_evaluate_reports_accuracy_precision_recall(trained: dict) -> None:
+    run = scai("evaluate", str(FLOWERS), "--model", "flowers", "--usr", str(trained["usr"]))
+    first = run.stdout.splitlines()[0]
+    assert first.startswith("accuracy ") and first.endswith("on 200 photos")
+    assert float(first.split()[1].rstrip("%")) >= 90  # most of these photos were trained on
+    for name in ("daisy", "dandelion", "roses", "sunflowers", "tulips"):
+        assert any(line.startswith(name) for line in run.stdout.splitlines())
+    assert "confusion (rows: true, columns: predicted)" in run.stdout
+
+
+def test_quantize_a_trained_head(trained: dict) -> None:
+    from scai import config
+    from scai.engines import load_classifier
+
+    run = scai("quantize", "--model", "flowers", "--mode", "float16", "--usr", str(trained["usr"]))
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("head: ") and "float16" in lines[0]
+    float_accuracy, small_accuracy = (float(v.split("%")[0]) for v in lines[1].split(": ")[1].split(" -> "))
+    assert abs(float_accuracy - small_accuracy) <= 2
+    spec = config.load_models(trained["usr"], config.CLASSIFICATION)["flowers"]
+    assert spec.head.name == "head.float16.tflite" and load_classifier(spec).labels(5)[0] == "daisy"
+    failed = scai("quantize", "--model", "default", "--mode", "int8", "--usr", str(trained["usr"]), check=False)
+    assert failed.returncode == 2 and "made by `scai train`" in failed.stderr

@@ -8,6 +8,7 @@ head as one model (``scai.engines.composite``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -136,7 +137,8 @@ def export_tflite(model: Any, mode: str, representative: np.ndarray | None = Non
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    with contextlib.redirect_stdout(sys.stderr):  # the converter prints its own notes
+        return converter.convert()
 
 
 def tflite_accuracy(model_bytes: bytes, features: np.ndarray, labels: np.ndarray) -> float:
@@ -172,7 +174,7 @@ def train(options: TrainOptions) -> TrainResult:
     extracted = time.perf_counter()
 
     labels = data.labels[found.readable]
-    train_rows, held_rows = split(labels, options.validation_fraction, options.seed)
+    train_rows, held_rows = split(labels, options.validation_fraction, options.seed)  # see held_out()
     held = (found.features[held_rows], labels[held_rows])
     model, history = fit_head(found.features[train_rows], labels[train_rows], held, len(data.classes),
                               options.epochs, options.seed)  # fmt: skip
@@ -186,6 +188,7 @@ def train(options: TrainOptions) -> TrainResult:
 
     model_dir = options.usr_dir / "models" / options.name
     model_dir.mkdir(parents=True, exist_ok=True)
+    model.save(model_dir / "head.keras")  # kept for `scai quantize`
     head_bytes = export_tflite(model, "none")
     (model_dir / "head.tflite").write_bytes(head_bytes)
     served, quantized_accuracy = "head.tflite", None
