@@ -26,9 +26,6 @@ class Dataset:
     files: list[Path]
     labels: np.ndarray  # index into classes, one per file
 
-    def count(self, label: int) -> int:
-        return int(np.sum(self.labels == label))
-
 
 def scan(root: Path) -> Dataset:
     """The classes (sorted sub-folder names) and their image files, or a clear ``DatasetError``."""
