@@ -8,6 +8,7 @@ section names both: ``GRAPH`` the backbone, ``HEAD`` the head, ``LABELS`` the he
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -18,18 +19,39 @@ from scai.engines.features import TFLiteFeatures
 from scai.engines.tflite import dequantize, make_interpreter, quantize, threads_for
 
 
+class TFLiteHead:
+    """A classification head on feature vectors, float or quantised; the worker and the trainer's
+    accuracy figures both run heads through this."""
+
+    def __init__(self, model: Path | bytes, threads: int | None = None) -> None:
+        self.interpreter = make_interpreter(model, threads)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.size = int(self.input["shape"][-1])
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """Scores [N, classes] for features [N, size]."""
+        rows = []
+        for row in features:
+            values = row[None].astype(np.float32)
+            if self.input["dtype"] != np.float32:
+                values = quantize(values, *self.input["quantization"], self.input["dtype"])
+            self.interpreter.set_tensor(self.input["index"], values)
+            self.interpreter.invoke()
+            rows.append(dequantize(self.interpreter.get_tensor(self.output["index"]), self.output))
+        return np.concatenate(rows)
+
+
 class CompositeClassifier(Classifier):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         if spec.path.suffix != ".tflite" or spec.head is None or spec.head.suffix != ".tflite":
             raise ConfigError(f"model {spec.name!r}: GRAPH and HEAD must both be .tflite files")
         self.features = TFLiteFeatures(spec.path)
-        self.head = make_interpreter(spec.head, threads_for(spec))
-        self.head_input = self.head.get_input_details()[0]
-        self.head_output = self.head.get_output_details()[0]
-        if int(self.head_input["shape"][-1]) != self.features.size:
+        self.head = TFLiteHead(spec.head, threads_for(spec))
+        if self.head.size != self.features.size:
             raise ConfigError(
-                f"model {spec.name!r}: the head takes {self.head_input['shape'][-1]} features, "
+                f"model {spec.name!r}: the head takes {self.head.size} features, "
                 f"the backbone gives {self.features.size}; was it trained on another backbone?"
             )
         self.input_size = self.features.input_size
@@ -39,13 +61,4 @@ class CompositeClassifier(Classifier):
         return np.stack([self.features(image) for image in images])
 
     def run(self, features: np.ndarray) -> np.ndarray:
-        rows = []
-        for row in features:
-            values = row[None].astype(np.float32)
-            scale, zero_point = self.head_input["quantization"]
-            if self.head_input["dtype"] != np.float32:
-                values = quantize(values, scale, zero_point, self.head_input["dtype"])
-            self.head.set_tensor(self.head_input["index"], values)
-            self.head.invoke()
-            rows.append(dequantize(self.head.get_tensor(self.head_output["index"]), self.head_output))
-        return np.concatenate(rows)
+        return self.head(features)

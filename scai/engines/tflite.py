@@ -18,15 +18,16 @@ from scai.config import ConfigError, ModelSpec
 from scai.engines.base import Classifier, Detections, Detector, normalise
 
 
-def make_interpreter(path: Path, threads: int | None = None) -> Any:
-    """A ready interpreter for ``path`` (tensors allocated)."""
+def make_interpreter(path: Path | bytes, threads: int | None = None) -> Any:
+    """A ready interpreter for a model file, or a model's bytes (tensors allocated)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - depends on what is installed
         import tensorflow as tf
 
         Interpreter = tf.lite.Interpreter
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    source = {"model_content": path} if isinstance(path, bytes) else {"model_path": str(path)}
+    interpreter = Interpreter(**source, num_threads=threads)
     interpreter.allocate_tensors()
     return interpreter
 

@@ -142,23 +142,10 @@ def export_tflite(model: Any, mode: str, representative: np.ndarray | None = Non
 
 
 def tflite_accuracy(model_bytes: bytes, features: np.ndarray, labels: np.ndarray) -> float:
-    """Accuracy of an exported head, run through the same interpreter the worker uses."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Accuracy of an exported head, run as the worker runs it."""
+    from scai.engines.composite import TFLiteHead
 
-    from scai.engines.tflite import dequantize, quantize
-
-    interpreter = Interpreter(model_content=model_bytes)
-    interpreter.allocate_tensors()
-    source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    hits = 0
-    for row, label in zip(features, labels, strict=True):
-        values = row[None].astype(np.float32)
-        if source["dtype"] != np.float32:
-            values = quantize(values, *source["quantization"], source["dtype"])
-        interpreter.set_tensor(source["index"], values)
-        interpreter.invoke()
-        hits += int(np.argmax(dequantize(interpreter.get_tensor(sink["index"]), sink)) == label)
-    return hits / len(labels)
+    return float(np.mean(np.argmax(TFLiteHead(model_bytes)(features), axis=1) == labels))
 
 
 def train(options: TrainOptions) -> TrainResult:
