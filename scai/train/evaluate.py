@@ -13,9 +13,8 @@ from tqdm import tqdm
 from scai import config, imaging
 from scai.engines import load_classifier
 from scai.engines.features import TFLiteFeatures
-from scai.train import bottlenecks
-from scai.train.dataset import scan, split
-from scai.train.trainer import export_tflite, tflite_accuracy
+from scai.train.dataset import scan
+from scai.train.trainer import export_tflite, split_features, tflite_accuracy
 
 
 @dataclass
@@ -90,13 +89,11 @@ def quantize(usr_dir: Path, name: str, mode: str) -> dict[str, float | int | str
         if options.get("bottleneck_dir") not in (None, "None")
         else model_dir.parent / ".bottlenecks"
     )
-    found = bottlenecks.compute(data.files, TFLiteFeatures(spec.path), cache, config.Settings().max_pixels)
-    labels = data.labels[found.readable]
-    train_rows, held_rows = split(labels, float(options["validation_fraction"]), int(options["seed"]))
-    held = (found.features[held_rows], labels[held_rows])
+    fraction, seed = float(options["validation_fraction"]), int(options["seed"])
+    _, training, held = split_features(data, TFLiteFeatures(spec.path), cache, fraction, seed)
     model = keras.models.load_model(model_dir / "head.keras")
     before = (model_dir / "head.tflite").read_bytes()
-    after = export_tflite(model, mode, found.features[train_rows])
+    after = export_tflite(model, mode, training[0])
     target = model_dir / f"head.{mode}.tflite"
     target.write_bytes(after)
     keys = {k.upper(): v for k, v in config.load_models(usr_dir, config.CLASSIFICATION)[name].options.items()}

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from scai import config
 from scai.engines.features import TFLiteFeatures
 from scai.train import bottlenecks, report
-from scai.train.dataset import scan, split
+from scai.train.dataset import Dataset, scan, split
 
 QUANTIZE_MODES = ("none", "int8", "float16")
 
@@ -148,6 +148,20 @@ def tflite_accuracy(model_bytes: bytes, features: np.ndarray, labels: np.ndarray
     return float(np.mean(np.argmax(TFLiteHead(model_bytes)(features), axis=1) == labels))
 
 
+Labelled = tuple[np.ndarray, np.ndarray]  # (features, class indexes)
+
+
+def split_features(
+    data: Dataset, extractor: TFLiteFeatures, cache: Path, fraction: float, seed: int
+) -> tuple[bottlenecks.Bottlenecks, Labelled, Labelled]:
+    """The dataset's bottlenecks (from the cache where it has them), split into the training part and
+    the held-out part; the same split for the same photos, fraction and seed."""
+    found = bottlenecks.compute(data.files, extractor, cache, config.Settings().max_pixels)
+    labels = data.labels[found.readable]
+    train_rows, held_rows = split(labels, fraction, seed)
+    return found, (found.features[train_rows], labels[train_rows]), (found.features[held_rows], labels[held_rows])
+
+
 def train(options: TrainOptions) -> TrainResult:
     """Train, export, report and configure; every step's time is in the result."""
     started = time.perf_counter()
@@ -157,14 +171,10 @@ def train(options: TrainOptions) -> TrainResult:
     reference, backbone = backbone_reference(options.base, options.usr_dir)
     extractor = TFLiteFeatures(backbone)
     cache = options.bottleneck_dir or options.usr_dir / "models" / ".bottlenecks"
-    found = bottlenecks.compute(data.files, extractor, cache, config.Settings().max_pixels)
+    found, training, held = split_features(data, extractor, cache, options.validation_fraction, options.seed)
     extracted = time.perf_counter()
 
-    labels = data.labels[found.readable]
-    train_rows, held_rows = split(labels, options.validation_fraction, options.seed)  # see held_out()
-    held = (found.features[held_rows], labels[held_rows])
-    model, history = fit_head(found.features[train_rows], labels[train_rows], held, len(data.classes),
-                              options.epochs, options.seed)  # fmt: skip
+    model, history = fit_head(*training, held, len(data.classes), options.epochs, options.seed)
     trained = time.perf_counter()
 
     predicted = np.argmax(model.predict(held[0], verbose=0), axis=1)
@@ -181,7 +191,7 @@ def train(options: TrainOptions) -> TrainResult:
     served, quantized_accuracy = "head.tflite", None
     sizes = {"backbone": backbone.stat().st_size, "head": len(head_bytes)}
     if options.quantize != "none":
-        small = export_tflite(model, options.quantize, found.features[train_rows])
+        small = export_tflite(model, options.quantize, training[0])
         served = f"head.{options.quantize}.tflite"
         (model_dir / served).write_bytes(small)
         sizes[f"head_{options.quantize}"] = len(small)
@@ -196,8 +206,8 @@ def train(options: TrainOptions) -> TrainResult:
         accuracy=float(np.mean(predicted == held[1])),
         per_class=per_class,
         confusion=confusion.tolist(),
-        train_count=len(train_rows),
-        validation_count=len(held_rows),
+        train_count=len(training[1]),
+        validation_count=len(held[1]),
         reused=found.reused,
         computed=found.computed,
         unreadable=[(str(path), reason) for path, reason in found.unreadable],
