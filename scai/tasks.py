@@ -122,11 +122,16 @@ class DetectionTask:
     def run(self, engine: Detector, items: Sequence[Item]) -> list[dict[str, Any]]:
         results = []
         for item, raw in zip(items, engine.detect([item.image for item in items]), strict=True):
-            chosen = select(engine, raw, float(item.options.get("min_score", engine.min_score)))
-            annotated = draw(item.image, chosen, engine.line_thickness)
-            atomic_write(item.folder / RESULT_IMAGE, png_bytes(annotated))
-            results.append(detection_fields(chosen, *item.image.size))
+            fields, png = annotate(engine, item.image, raw, float(item.options.get("min_score", engine.min_score)))
+            atomic_write(item.folder / RESULT_IMAGE, png)
+            results.append(fields)
         return results
+
+
+def annotate(engine: Detector, image: Image.Image, raw: Any, min_score: float) -> tuple[dict[str, Any], bytes]:
+    """The result fields of one image's raw detections, and its annotated PNG."""
+    chosen = select(engine, raw, min_score)
+    return detection_fields(chosen, *image.size), png_bytes(draw(image, chosen, engine.line_thickness))
 
 
 def task_for(job: str, top_k: int = 5) -> Task:
@@ -144,7 +149,7 @@ def detect_file(spec: ModelSpec, path: Path, output: Path | None) -> dict[str, A
     """One-shot detection: the result fields, and the annotated PNG written to ``output``."""
     engine = load_detector(spec)
     image = imaging.load_rgb(Path(path).read_bytes(), Settings().max_pixels)
-    chosen = select(engine, engine.detect_one(image), engine.min_score)
+    fields, png = annotate(engine, image, engine.detect_one(image), engine.min_score)
     if output:
-        Path(output).write_bytes(png_bytes(draw(image, chosen, engine.line_thickness)))
-    return detection_fields(chosen, *image.size)
+        Path(output).write_bytes(png)
+    return fields
