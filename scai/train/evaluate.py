@@ -14,7 +14,9 @@ from scai import config, imaging
 from scai.engines import load_classifier
 from scai.engines.features import TFLiteFeatures
 from scai.train.dataset import scan
-from scai.train.trainer import export_tflite, split_features, tflite_accuracy
+from scai.train.export import head_model
+from scai.train.head import Head
+from scai.train.trainer import split_features, tflite_accuracy
 
 
 @dataclass
@@ -76,9 +78,8 @@ def quantize(usr_dir: Path, name: str, mode: str) -> dict[str, float | int | str
     """Export a trained head again as ``mode``, calibrated on its training photos' features, and
     serve it; returns sizes and held-out accuracy before and after."""
     model_dir = usr_dir / "models" / name
-    if not (model_dir / "head.keras").exists():
-        raise config.ConfigError(f"{model_dir} holds no head.keras: quantize works on models made by `scai train`")
-    import keras
+    if not (model_dir / "head.npz").exists():
+        raise config.ConfigError(f"{model_dir} holds no head.npz: quantize works on models made by `scai train`")
 
     report = json.loads((model_dir / "report.json").read_text(encoding="utf-8"))
     options = report["options"]
@@ -91,9 +92,9 @@ def quantize(usr_dir: Path, name: str, mode: str) -> dict[str, float | int | str
     )
     fraction, seed = float(options["validation_fraction"]), int(options["seed"])
     _, training, held = split_features(data, TFLiteFeatures(spec.path), cache, fraction, seed)
-    model = keras.models.load_model(model_dir / "head.keras")
+    model = Head.load(model_dir / "head.npz")
     before = (model_dir / "head.tflite").read_bytes()
-    after = export_tflite(model, mode, training[0])
+    after = head_model(model.weights, model.bias, mode, training[0])
     target = model_dir / f"head.{mode}.tflite"
     target.write_bytes(after)
     keys = {k.upper(): v for k, v in config.load_models(usr_dir, config.CLASSIFICATION)[name].options.items()}

@@ -5,45 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-def plot_confusion(path: Path, classes: list[str], confusion: list[list[int]]) -> None:
-    from matplotlib.figure import Figure  # no pyplot: no global figure to leak
-
-    figure = Figure(figsize=(1.2 * len(classes) + 2, 1.0 * len(classes) + 1.5))
-    axes = figure.add_subplot()
-    image = axes.imshow(confusion, cmap="Blues")
-    axes.set_xticks(range(len(classes)), classes, rotation=35, ha="right")
-    axes.set_yticks(range(len(classes)), classes)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    peak = max(max(row) for row in confusion) or 1
-    for i, row in enumerate(confusion):
-        for j, count in enumerate(row):
-            axes.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
-    figure.colorbar(image, ax=axes)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-
-
-def plot_curves(path: Path, history: dict[str, list[float]]) -> None:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(9, 3.5))
-    for index, metric in enumerate(("loss", "accuracy")):
-        axes = figure.add_subplot(1, 2, index + 1)
-        axes.plot(history[metric], label="training")
-        axes.plot(history[f"val_{metric}"], label="held out")
-        axes.set_xlabel("epoch")
-        axes.set_title(metric)
-        axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+from scai.train import plots
 
 
 def write(model_dir: Path, result: Any, history: dict[str, list[float]], options: Any) -> None:
     """report.md with the two plots beside it."""
-    plot_confusion(model_dir / "confusion.png", result.classes, result.confusion)
-    plot_curves(model_dir / "curves.png", history)
+    plots.confusion(model_dir / "confusion.png", result.classes, result.confusion)
+    plots.curves(model_dir / "curves.png", history)
     lines = [
         f"# Training report: {result.name}",
         "",
