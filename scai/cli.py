@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="the held-out split and the training (default 0)")
     train.add_argument("--bottleneck-dir", type=Path, help="feature cache (default USR/models/.bottlenecks)")
     train.add_argument(
+        "--augment", action="store_true", help="also train on distorted copies of each training photo (cached too)"
+    )
+    train.add_argument(
         "--quantize", choices=("int8", "float16", "none"), default="none", help="also export the head so"
     )
     train.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")

@@ -130,3 +130,40 @@ def test_quantize_a_trained_head(trained: dict) -> None:
     assert spec.head.name == "head.float16.tflite" and load_classifier(spec).labels(5)[0] == "daisy"
     failed = scai("quantize", "--model", "default", "--mode", "int8", "--usr", str(trained["usr"]), check=False)
     assert failed.returncode == 2 and "made by `scai train`" in failed.stderr
+
+
+def test_augment_trains_on_cached_variants_of_the_training_photos(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for name, photos in (("birds", ("bird.bmp", "parrot.jpg", "owl.jpg")), ("food", ("burger.jpg", "hot_dog.jpg"))):
+        (data / name).mkdir(parents=True)
+        for photo in photos:
+            shutil.copy(IMAGES / photo, data / name / photo)
+    shutil.copy(ROOT / "usr" / "image_classification.config", tmp_path)
+    command = ("train", str(data), "--name", "tiny", "--usr", str(tmp_path), "--epochs", "5", "--augment")
+    first = scai(*command)
+    report = json.loads((tmp_path / "models" / "tiny" / "report.json").read_text())
+    # 5 photos, 2 of them held out (one per class): 3 training photos with 4 variants each
+    assert (report["train_count"], report["validation_count"]) == (3, 2)
+    assert (report["computed"], report["reused"]) == (5 + 3 * 4, 0), first.stdout
+    assert "4 augmented variants of each training photo" in (tmp_path / "models" / "tiny" / "report.md").read_text()
+    scai(*command)
+    again = json.loads((tmp_path / "models" / "tiny" / "report.json").read_text())
+    assert (again["computed"], again["reused"]) == (0, 17)
+
+
+def test_augmented_variants_are_reproducible_distortions() -> None:
+    from scai.engines.features import file_digest
+    from scai.train import augment
+
+    photo = Image.open(IMAGES / "grace_hopper.jpg").convert("RGB")
+    digest = file_digest(IMAGES / "grace_hopper.jpg")
+    variants = [augment.variant(photo, digest, number) for number in (1, 2)]
+    assert augment.variant(photo, digest, 1).tobytes() == variants[0].tobytes(), "the same variant every run"
+    assert variants[0].tobytes() != variants[1].tobytes()
+    for image in variants:
+        assert image.width >= photo.width * 0.4 and image.height >= photo.height * 0.4
+    white = Image.new("RGB", (300, 200), (255, 255, 255))
+    for number in range(1, 9):  # rotated but cropped inside: no black corners
+        corners = augment.variant(white, digest, number).convert("L")
+        w, h = corners.size
+        assert min(corners.getpixel(xy) for xy in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))) > 150

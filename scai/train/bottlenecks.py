@@ -2,11 +2,13 @@
 
 Each photo's features are stored under ``<dir>/<backbone key>/<sha256 of the file>.npy``: a
 renamed or moved photo is still found, an edited one is computed again, and another backbone (or
-another feature recipe) never reads this one's files.
+another feature recipe) never reads this one's files. The features of an augmented variant of a
+photo (``--augment``) sit beside them as ``<sha256>.aug-<recipe>-<number>.npy``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from scai import imaging
 from scai.engines.features import TFLiteFeatures, file_digest
 from scai.sessions import atomic_write
+from scai.train import augment
 
 
 @dataclass
@@ -28,13 +31,19 @@ class Bottlenecks:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def compute(files: list[Path], extractor: TFLiteFeatures, cache_dir: Path, max_pixels: int) -> Bottlenecks:
-    """Features of every file, from the cache where it has them; unreadable files are listed, not fatal."""
+def compute(
+    files: list[Path], extractor: TFLiteFeatures, cache_dir: Path, max_pixels: int, variant: int = 0
+) -> Bottlenecks:
+    """Features of every file (or of its augmented ``variant``, from 1), from the cache where it has
+    them; unreadable files are listed, not fatal."""
     folder = Path(cache_dir) / extractor.key
     folder.mkdir(parents=True, exist_ok=True)
+    suffix = f".aug-{hashlib.sha256(augment.RECIPE.encode()).hexdigest()[:8]}-{variant}" if variant else ""
     rows, readable, reused, unreadable = [], [], 0, []
-    for index, path in enumerate(tqdm(files, desc="bottlenecks", unit="photo", leave=False)):
-        cached = folder / f"{file_digest(path)}.npy"
+    label = f"augmented {variant}/{augment.VARIANTS}" if variant else "bottlenecks"
+    for index, path in enumerate(tqdm(files, desc=label, unit="photo", leave=False)):
+        digest = file_digest(path)
+        cached = folder / f"{digest}{suffix}.npy"
         if cached.exists():
             rows.append(np.load(cached))
             readable.append(index)
@@ -45,7 +54,7 @@ def compute(files: list[Path], extractor: TFLiteFeatures, cache_dir: Path, max_p
         except (imaging.InvalidImage, OSError) as error:
             unreadable.append((path, str(error)))
             continue
-        vector = extractor(image)
+        vector = extractor(augment.variant(image, digest, variant) if variant else image)
         atomic_write(cached, _npy(vector))
         rows.append(vector)
         readable.append(index)

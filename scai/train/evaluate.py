@@ -91,7 +91,9 @@ def quantize(usr_dir: Path, name: str, mode: str) -> dict[str, float | int | str
         else model_dir.parent / ".bottlenecks"
     )
     fraction, seed = float(options["validation_fraction"]), int(options["seed"])
-    _, training, held = split_features(data, TFLiteFeatures(spec.path), cache, fraction, seed)
+    _, training, held = split_features(
+        data, TFLiteFeatures(spec.path), cache, fraction, seed, options.get("augment", False)
+    )
     model = Head.load(model_dir / "head.npz")
     before = (model_dir / "head.tflite").read_bytes()
     after = head_model(model.weights, model.bias, mode, training[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scai.train import plots
+from scai.train import augment, plots
 
 
 def write(model_dir: Path, result: Any, history: dict[str, list[float]], options: Any) -> None:
@@ -18,7 +18,8 @@ def write(model_dir: Path, result: Any, history: dict[str, list[float]], options
         f"Command: `{options.command}`" if options.command else "",
         "",
         f"- photos: {result.train_count} for training, {result.validation_count} held out "
-        f"(seed {options.seed}, {options.validation_fraction:.0%} of each class)",
+        f"(seed {options.seed}, {options.validation_fraction:.0%} of each class)"
+        + (f"; {augment.VARIANTS} augmented variants of each training photo" if options.augment else ""),
         f"- bottlenecks: {result.computed} computed, {result.reused} reused from the cache",
         f"- held-out accuracy: **{result.accuracy:.1%}**"
         + (

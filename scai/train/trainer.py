@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from scai import config
 from scai.engines.features import TFLiteFeatures
-from scai.train import bottlenecks, export, head, report
+from scai.train import augment, bottlenecks, export, head, report
 from scai.train.dataset import Dataset, scan, split
 
 QUANTIZE_MODES = export.MODES
@@ -39,6 +39,7 @@ class TrainOptions:
     validation_fraction: float = 0.25
     seed: int = 0
     bottleneck_dir: Path | None = None
+    augment: bool = False
     quantize: str = "none"
     command: str = ""
 
@@ -51,7 +52,7 @@ class TrainResult:
     accuracy: float
     per_class: dict[str, float]
     confusion: list[list[int]]
-    train_count: int
+    train_count: int  # photos; with --augment, each also gives augment.VARIANTS more samples
     validation_count: int
     reused: int
     computed: int
@@ -84,14 +85,24 @@ def tflite_accuracy(model_bytes: bytes, features: np.ndarray, labels: np.ndarray
 
 
 def split_features(
-    data: Dataset, extractor: TFLiteFeatures, cache: Path, fraction: float, seed: int
+    data: Dataset, extractor: TFLiteFeatures, cache: Path, fraction: float, seed: int, augmented: bool = False
 ) -> tuple[bottlenecks.Bottlenecks, head.Labelled, head.Labelled]:
     """The dataset's bottlenecks (from the cache where it has them), split into the training part and
-    the held-out part; the same split for the same photos, fraction and seed."""
-    found = bottlenecks.compute(data.files, extractor, cache, config.Settings().max_pixels)
+    the held-out part; the same split for the same photos, fraction and seed. ``augmented`` adds the
+    variants of the training photos (never of the held-out ones) to the training part."""
+    limit = config.Settings().max_pixels
+    found = bottlenecks.compute(data.files, extractor, cache, limit)
     labels = data.labels[found.readable]
     train_rows, held_rows = split(labels, fraction, seed)
-    return found, (found.features[train_rows], labels[train_rows]), (found.features[held_rows], labels[held_rows])
+    features, classes = [found.features[train_rows]], [labels[train_rows]]
+    photos = [data.files[found.readable[row]] for row in train_rows]
+    for number in range(1, augment.VARIANTS + 1) if augmented else ():
+        extra = bottlenecks.compute(photos, extractor, cache, limit, variant=number)
+        features.append(extra.features)
+        classes.append(labels[train_rows][extra.readable])
+        found.reused, found.computed = found.reused + extra.reused, found.computed + extra.computed
+    training = np.concatenate(features), np.concatenate(classes)
+    return found, training, (found.features[held_rows], labels[held_rows])
 
 
 def train(options: TrainOptions) -> TrainResult:
@@ -103,7 +114,9 @@ def train(options: TrainOptions) -> TrainResult:
     reference, backbone = backbone_reference(options.base, options.usr_dir)
     extractor = TFLiteFeatures(backbone)
     cache = options.bottleneck_dir or options.usr_dir / "models" / ".bottlenecks"
-    found, training, held = split_features(data, extractor, cache, options.validation_fraction, options.seed)
+    found, training, held = split_features(
+        data, extractor, cache, options.validation_fraction, options.seed, options.augment
+    )
     extracted = time.perf_counter()
 
     with tqdm(total=options.epochs, desc="training", unit="epoch", leave=False) as bar:
@@ -144,7 +157,7 @@ def train(options: TrainOptions) -> TrainResult:
         accuracy=float(np.mean(predicted == held[1])),
         per_class=per_class,
         confusion=confusion.tolist(),
-        train_count=len(training[1]),
+        train_count=len(training[1]) // (1 + augment.VARIANTS * options.augment),
         validation_count=len(held[1]),
         reused=found.reused,
         computed=found.computed,
