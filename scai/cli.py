@@ -85,7 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a classifier on a folder of photos (one sub-folder per class)")
     train.add_argument("dataset", type=Path, metavar="DATASET_DIR")
     train.add_argument("--name", required=True, help="the model's name: served as model=NAME")
-    train.add_argument("--base", help="backbone: a classification section (default: default) or a .tflite file")
+    train.add_argument(
+        "--base",
+        help="backbone: a classification section (default: default), a .tflite file, or mobilenet_v2 or "
+        "efficientnet_b0 with --weights",
+    )
+    train.add_argument(
+        "--weights", type=Path, help="a Keras application's weights file (_no_top .h5), never downloaded"
+    )
+    train.add_argument("--fine-tune", type=int, default=0, metavar="N", help="also tune the application's top N layers")
+    train.add_argument("--fine-tune-epochs", type=int, default=5, help="epochs of fine-tuning (default 5)")
     train.add_argument("--epochs", type=int, default=150)
     train.add_argument("--validation-fraction", type=float, default=0.25, help="held out per class (default 0.25)")
     train.add_argument("--seed", type=int, default=0, help="the held-out split and the training (default 0)")

@@ -21,6 +21,16 @@ def scai(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(scai_command(*args), cwd=ROOT, capture_output=True, text=True, check=check, timeout=300)
 
 
+def small_dataset(folder: Path) -> Path:
+    """Five photos in two classes: enough to run every step, quickly."""
+    data = folder / "data"
+    for name, photos in (("birds", ("bird.bmp", "parrot.jpg", "owl.jpg")), ("food", ("burger.jpg", "hot_dog.jpg"))):
+        (data / name).mkdir(parents=True)
+        for photo in photos:
+            shutil.copy(IMAGES / photo, data / name / photo)
+    return data
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("train")
@@ -92,11 +102,7 @@ def test_bad_datasets_get_clear_errors(tmp_path: Path) -> None:
 
 
 def test_unreadable_photos_are_skipped_and_listed(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    for name, photos in (("birds", ("bird.bmp", "parrot.jpg", "owl.jpg")), ("food", ("burger.jpg", "hot_dog.jpg"))):
-        (data / name).mkdir(parents=True)
-        for photo in photos:
-            shutil.copy(IMAGES / photo, data / name / photo)
+    data = small_dataset(tmp_path)
     (data / "food" / "broken.jpg").write_bytes(b"this is not a photo")
     shutil.copy(ROOT / "usr" / "image_classification.config", tmp_path)
     run = scai(
@@ -133,11 +139,7 @@ def test_quantize_a_trained_head(trained: dict) -> None:
 
 
 def test_augment_trains_on_cached_variants_of_the_training_photos(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    for name, photos in (("birds", ("bird.bmp", "parrot.jpg", "owl.jpg")), ("food", ("burger.jpg", "hot_dog.jpg"))):
-        (data / name).mkdir(parents=True)
-        for photo in photos:
-            shutil.copy(IMAGES / photo, data / name / photo)
+    data = small_dataset(tmp_path)
     shutil.copy(ROOT / "usr" / "image_classification.config", tmp_path)
     command = ("train", str(data), "--name", "tiny", "--usr", str(tmp_path), "--epochs", "5", "--augment")
     first = scai(*command)
@@ -167,3 +169,38 @@ def test_augmented_variants_are_reproducible_distortions() -> None:
         corners = augment.variant(white, digest, number).convert("L")
         w, h = corners.size
         assert min(corners.getpixel(xy) for xy in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))) > 150
+
+
+def test_a_keras_application_backbone_from_a_local_weights_file_with_fine_tuning(tmp_path: Path) -> None:
+    """MobileNetV2 with weights from a file (random ones here: no ImageNet file may be downloaded), tuned,
+    converted and served; a second model on the untuned application reuses its conversion."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    weights = tmp_path / "mobilenet_v2_no_top.weights.h5"
+    keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(224, 224, 3), pooling="avg"
+    ).save_weights(weights)
+    data, usr = small_dataset(tmp_path), tmp_path / "usr"
+    usr.mkdir()
+    shutil.copy(ROOT / "usr" / "image_classification.config", usr)
+    base = ("--base", "mobilenet_v2", "--weights", str(weights), "--usr", str(usr), "--epochs", "5")
+    scai("train", str(data), "--name", "tuned", *base, "--fine-tune", "10", "--fine-tune-epochs", "1")
+    report = (usr / "models" / "tuned" / "report.md").read_text()
+    assert "top 10 layers fine-tuned for 1 epochs" in report
+    section = (usr / "image_classification.config").read_text().split("[tuned]", 1)[1]
+    assert "GRAPH = models/tuned/backbone.tflite" in section
+    run = scai("classify", str(IMAGES / "burger.jpg"), "--model", "tuned", "--usr", str(usr))
+    assert {line.split(":")[0] for line in run.stdout.splitlines()} == {"birds", "food"}
+
+    scai("train", str(data), "--name", "plain", *base)
+    (converted,) = (usr / "models" / ".bottlenecks" / "keras").glob("mobilenet_v2-*.tflite")
+    plain, tuned = usr / "models" / "plain" / "backbone.tflite", usr / "models" / "tuned" / "backbone.tflite"
+    assert plain.read_bytes() == converted.read_bytes() != tuned.read_bytes(), "tuning changed the backbone"
+    assert json.loads((usr / "models" / "plain" / "report.json").read_text())["computed"] == 5
+
+    missing = scai("train", str(data), "--name", "x", "--base", "mobilenet_v2", "--usr", str(usr), check=False)
+    assert missing.returncode == 2 and "--weights FILE" in missing.stderr and "does not download" in missing.stderr
+    wrong = scai("train", str(data), "--name", "x", "--base", "efficientnet_b0", "--weights", str(weights),
+                 "--usr", str(usr), check=False)  # fmt: skip
+    assert wrong.returncode == 2 and "does not hold EfficientNetB0 weights" in wrong.stderr

@@ -20,6 +20,13 @@ def write(model_dir: Path, result: Any, history: dict[str, list[float]], options
         f"- photos: {result.train_count} for training, {result.validation_count} held out "
         f"(seed {options.seed}, {options.validation_fraction:.0%} of each class)"
         + (f"; {augment.VARIANTS} augmented variants of each training photo" if options.augment else ""),
+        f"- backbone: {options.base or 'default'}"
+        + (
+            f", top {options.fine_tune} layers fine-tuned for {options.fine_tune_epochs} epochs (the tuned network "
+            f"scored {result.fine_tuned_accuracy:.1%} held out; the head below was then trained on its features)"
+            if result.fine_tuned_accuracy is not None
+            else ""
+        ),
         f"- bottlenecks: {result.computed} computed, {result.reused} reused from the cache",
         f"- held-out accuracy: **{result.accuracy:.1%}**"
         + (

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from scai import config
 from scai.engines.features import TFLiteFeatures
-from scai.train import augment, bottlenecks, export, head, report
+from scai.train import augment, bottlenecks, export, head, keras_backbone, report
 from scai.train.dataset import Dataset, scan, split
 
 QUANTIZE_MODES = export.MODES
@@ -34,7 +34,10 @@ class TrainOptions:
     dataset: Path
     name: str
     usr_dir: Path
-    base: str | None = None  # a classification section, or a .tflite file; default: [default]
+    base: str | None = None  # a classification section, a .tflite file or a Keras application; default: [default]
+    weights: Path | None = None  # a Keras application's weights file
+    fine_tune: int = 0  # top layers of a Keras application to tune
+    fine_tune_epochs: int = 5
     epochs: int = 150
     validation_fraction: float = 0.25
     seed: int = 0
@@ -59,6 +62,7 @@ class TrainResult:
     unreadable: list[tuple[str, str]]
     sizes: dict[str, int]
     quantized_accuracy: float | None
+    fine_tuned_accuracy: float | None = None  # the tuned Keras network with its own head, before the retrain
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -75,6 +79,25 @@ def backbone_reference(base: str | None, usr_dir: Path) -> tuple[str, Path]:
     section = config.load_models(usr_dir, config.CLASSIFICATION)[spec.name].options
     raw = section.get("graph") or section.get("path_to_ckpt") or str(spec.path)
     return (raw if raw.startswith("package:") else str(spec.path)), spec.path
+
+
+def prepare_backbone(options: TrainOptions, cache: Path, model_dir: Path) -> tuple[str, Path, float | None]:
+    """(what the config section will say, the .tflite backbone, the fine-tuned accuracy if tuned)."""
+    if options.base not in keras_backbone.APPLICATIONS:
+        if options.weights or options.fine_tune:
+            names = ", ".join(keras_backbone.APPLICATIONS)
+            raise config.ConfigError(f"--weights and --fine-tune go with a Keras application as --base ({names})")
+        return (*backbone_reference(options.base, options.usr_dir), None)
+    converted = keras_backbone.converted(options.base, options.weights, cache)
+    reference, tuned = f"models/{options.name}/backbone.tflite", None
+    if options.fine_tune:
+        target = model_dir / "backbone.tflite"
+        tuned = keras_backbone.fine_tune(
+            options.base, Path(options.weights), scan(options.dataset), options.validation_fraction,
+            options.seed, options.fine_tune, options.fine_tune_epochs, target,
+        )  # fmt: skip
+        return reference, target, tuned
+    return reference, keras_backbone.install(converted, model_dir), None
 
 
 def tflite_accuracy(model_bytes: bytes, features: np.ndarray, labels: np.ndarray) -> float:
@@ -111,9 +134,10 @@ def train(options: TrainOptions) -> TrainResult:
     if options.quantize not in QUANTIZE_MODES:
         raise config.ConfigError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}")
     data = scan(options.dataset)
-    reference, backbone = backbone_reference(options.base, options.usr_dir)
-    extractor = TFLiteFeatures(backbone)
     cache = options.bottleneck_dir or options.usr_dir / "models" / ".bottlenecks"
+    model_dir = options.usr_dir / "models" / options.name
+    reference, backbone, fine_tuned_accuracy = prepare_backbone(options, cache, model_dir)
+    extractor = TFLiteFeatures(backbone)
     found, training, held = split_features(
         data, extractor, cache, options.validation_fraction, options.seed, options.augment
     )
@@ -134,7 +158,6 @@ def train(options: TrainOptions) -> TrainResult:
         confusion[truth, guess] += 1
     per_class = {name: float(confusion[i, i] / max(1, confusion[i].sum())) for i, name in enumerate(data.classes)}
 
-    model_dir = options.usr_dir / "models" / options.name
     model_dir.mkdir(parents=True, exist_ok=True)
     model.save(model_dir / "head.npz")  # kept for `scai quantize`
     head_bytes = export.head_model(model.weights, model.bias)
@@ -164,6 +187,7 @@ def train(options: TrainOptions) -> TrainResult:
         unreadable=[(str(path), reason) for path, reason in found.unreadable],
         sizes=sizes,
         quantized_accuracy=quantized_accuracy,
+        fine_tuned_accuracy=fine_tuned_accuracy,
         seconds={
             "bottlenecks": round(extracted - started, 2),
             "training": round(trained - extracted, 2),
