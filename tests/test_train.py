@@ -99,6 +99,8 @@ def test_bad_datasets_get_clear_errors(tmp_path: Path) -> None:
     shutil.copy(IMAGES / "parrot.jpg", tmp_path / "only" / "a.jpg")
     run = scai("train", str(tmp_path), "--name", "x", "--usr", str(tmp_path), check=False)
     assert run.returncode == 2 and "single class" in run.stderr
+    run = scai("train", str(FLOWERS), "--name", "x", "--usr", str(tmp_path), "--epochs", "0", check=False)
+    assert run.returncode == 2 and "--epochs and --fine-tune-epochs must be at least 1" in run.stderr
 
 
 def test_unreadable_photos_are_skipped_and_listed(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+DROPOUT, LEARNING_RATE, BATCH_SIZE = 0.3, 1e-3, 32
 SCALE = 5.0  # the normalised features' length while training; folded into the weights afterwards
 Labelled = tuple[np.ndarray, np.ndarray]  # (features [N, D], class indexes [N])
 
@@ -57,7 +58,7 @@ def loss_and_accuracy(scores: np.ndarray, labels: np.ndarray) -> tuple[float, fl
 class Adam:
     """Keras' Adam (epsilon 1e-7), for a list of arrays updated in place."""
 
-    def __init__(self, params: list[np.ndarray], rate: float = 1e-3) -> None:
+    def __init__(self, params: list[np.ndarray], rate: float = LEARNING_RATE) -> None:
         self.params, self.rate, self.steps = params, rate, 0
         self.first = [np.zeros_like(p) for p in params]
         self.second = [np.zeros_like(p) for p in params]
@@ -77,8 +78,8 @@ def fit(
     classes: int,
     epochs: int,
     seed: int,
-    dropout: float = 0.3,
-    batch_size: int = 32,
+    dropout: float = DROPOUT,
+    batch_size: int = BATCH_SIZE,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> Head:
     """Train the head; ``history`` holds loss and accuracy per epoch, on training and held-out data."""

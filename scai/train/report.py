@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scai.train import augment, plots
+from scai.train import augment, head, plots
 
 
 def write(model_dir: Path, result: Any, history: dict[str, list[float]], options: Any) -> None:
@@ -28,6 +28,8 @@ def write(model_dir: Path, result: Any, history: dict[str, list[float]], options
             else ""
         ),
         f"- bottlenecks: {result.computed} computed, {result.reused} reused from the cache",
+        f"- head: softmax on the L2-normalised features, {options.epochs} epochs "
+        f"(dropout {head.DROPOUT}, Adam {head.LEARNING_RATE}, batch {head.BATCH_SIZE})",
         f"- held-out accuracy: **{result.accuracy:.1%}**"
         + (
             f"; {options.quantize} head: {result.quantized_accuracy:.1%}"

@@ -133,6 +133,8 @@ def train(options: TrainOptions) -> TrainResult:
     started = time.perf_counter()
     if options.quantize not in QUANTIZE_MODES:
         raise config.ConfigError(f"--quantize must be one of {', '.join(QUANTIZE_MODES)}")
+    if options.epochs < 1 or options.fine_tune_epochs < 1 or options.fine_tune < 0:
+        raise config.ConfigError("--epochs and --fine-tune-epochs must be at least 1, --fine-tune at least 0")
     data = scan(options.dataset)
     cache = options.bottleneck_dir or options.usr_dir / "models" / ".bottlenecks"
     model_dir = options.usr_dir / "models" / options.name
