@@ -81,7 +81,9 @@ def backbone_reference(base: str | None, usr_dir: Path) -> tuple[str, Path]:
     return (raw if raw.startswith("package:") else str(spec.path)), spec.path
 
 
-def prepare_backbone(options: TrainOptions, cache: Path, model_dir: Path) -> tuple[str, Path, float | None]:
+def prepare_backbone(
+    options: TrainOptions, data: Dataset, cache: Path, model_dir: Path
+) -> tuple[str, Path, float | None]:
     """(what the config section will say, the .tflite backbone, the fine-tuned accuracy if tuned)."""
     if options.base not in keras_backbone.APPLICATIONS:
         if options.weights or options.fine_tune:
@@ -89,15 +91,15 @@ def prepare_backbone(options: TrainOptions, cache: Path, model_dir: Path) -> tup
             raise config.ConfigError(f"--weights and --fine-tune go with a Keras application as --base ({names})")
         return (*backbone_reference(options.base, options.usr_dir), None)
     converted = keras_backbone.converted(options.base, options.weights, cache)
-    reference, tuned = f"models/{options.name}/backbone.tflite", None
-    if options.fine_tune:
-        target = model_dir / "backbone.tflite"
-        tuned = keras_backbone.fine_tune(
-            options.base, Path(options.weights), scan(options.dataset), options.validation_fraction,
-            options.seed, options.fine_tune, options.fine_tune_epochs, target,
-        )  # fmt: skip
-        return reference, target, tuned
-    return reference, keras_backbone.install(converted, model_dir), None
+    reference = f"models/{options.name}/backbone.tflite"
+    if not options.fine_tune:
+        return reference, keras_backbone.install(converted, model_dir), None
+    target = model_dir / "backbone.tflite"
+    tuned = keras_backbone.fine_tune(
+        options.base, Path(options.weights), data, options.validation_fraction,
+        options.seed, options.fine_tune, options.fine_tune_epochs, target,
+    )  # fmt: skip
+    return reference, target, tuned
 
 
 def tflite_accuracy(model_bytes: bytes, features: np.ndarray, labels: np.ndarray) -> float:
@@ -138,7 +140,7 @@ def train(options: TrainOptions) -> TrainResult:
     data = scan(options.dataset)
     cache = options.bottleneck_dir or options.usr_dir / "models" / ".bottlenecks"
     model_dir = options.usr_dir / "models" / options.name
-    reference, backbone, fine_tuned_accuracy = prepare_backbone(options, cache, model_dir)
+    reference, backbone, fine_tuned_accuracy = prepare_backbone(options, data, cache, model_dir)
     extractor = TFLiteFeatures(backbone)
     found, training, held = split_features(
         data, extractor, cache, options.validation_fraction, options.seed, options.augment
