@@ -15,6 +15,8 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
+from scai.train.head import normalise
+
 MODES = ("none", "float16", "int8")
 _TYPES = {
     np.dtype(np.float32): schema.TensorType.FLOAT32,
@@ -89,101 +91,57 @@ def head_model(
     ``representative`` features to set the input and logits ranges."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
+    if mode == "int8" and (representative is None or not len(representative)):
+        raise ValueError("int8 quantisation needs representative features")
+    size, classes = weights.shape
+    g = _Graph()
     if mode == "int8":
-        if representative is None or not len(representative):
-            raise ValueError("int8 quantisation needs representative features")
-        return _int8_head(weights, bias, representative)
-    size, classes = weights.shape
-    g = _Graph()
-    features = g.tensor("features", [1, size], np.float32)
-    normalised = g.tensor("normalised", [1, size], np.float32)
-    g.operator(
-        schema.BuiltinOperator.L2_NORMALIZATION,
-        1,
-        [features],
-        normalised,
-        schema.BuiltinOptions.L2NormOptions,
-        schema.L2NormOptionsT(),
-    )
-    kernel, offsets = weights.T.astype(np.float32), bias.astype(np.float32)
-    if mode == "float16":
-        stored = [
-            g.tensor("weights_f16", [classes, size], np.float16, data=kernel),
-            g.tensor("bias_f16", [classes], np.float16, data=offsets),
-        ]
-        constants = [g.tensor("weights", [classes, size], np.float32), g.tensor("bias", [classes], np.float32)]
-        for source, target in zip(stored, constants, strict=True):
-            g.operator(schema.BuiltinOperator.DEQUANTIZE, 3, [source], target)
+        features = g.tensor("features", [1, size], np.int8, *_range_params(representative))
+        normalised = g.tensor("normalised", [1, size], np.int8, 1 / 128, 0)
+        constants = _int8_constants(g, weights, bias)
+        logits_range = _range_params(normalise(representative) @ weights + bias)
+        logits = g.tensor("logits", [1, classes], np.int8, *logits_range)
+        scores = g.tensor("scores", [1, classes], np.int8, 1 / 256, -128)
     else:
-        constants = [
-            g.tensor("weights", [classes, size], np.float32, data=kernel),
-            g.tensor("bias", [classes], np.float32, data=offsets),
-        ]
-    logits = g.tensor("logits", [1, classes], np.float32)
-    g.operator(
-        schema.BuiltinOperator.FULLY_CONNECTED,
-        1,
-        [normalised, *constants],
-        logits,
-        schema.BuiltinOptions.FullyConnectedOptions,
-        schema.FullyConnectedOptionsT(),
-    )
-    return _softmax_output(g, features, logits, classes, np.float32)
-
-
-def _int8_head(weights: np.ndarray, bias: np.ndarray, representative: np.ndarray) -> bytes:
-    size, classes = weights.shape
-    g = _Graph()
-    in_scale, in_zero = _range_params(representative)
-    features = g.tensor("features", [1, size], np.int8, in_scale, in_zero)
-    normalised = g.tensor("normalised", [1, size], np.int8, 1 / 128, 0)
-    g.operator(
-        schema.BuiltinOperator.L2_NORMALIZATION,
-        2,
-        [features],
-        normalised,
-        schema.BuiltinOptions.L2NormOptions,
-        schema.L2NormOptionsT(),
-    )
-    w_scale = max(float(np.abs(weights).max()), 1e-12) / 127
-    kernel = g.tensor(
-        "weights",
-        [classes, size],
-        np.int8,
-        w_scale,
-        0,
-        np.clip(np.round(weights.T / w_scale), -127, 127).astype(np.int8),
-    )
-    b_scale = w_scale / 128
-    offsets = g.tensor("bias", [classes], np.int32, b_scale, 0, np.round(bias / b_scale).astype(np.int32))
-    unit = representative / np.maximum(np.linalg.norm(representative, axis=1, keepdims=True), 1e-12)
-    out_scale, out_zero = _range_params(unit @ weights + bias)
-    logits = g.tensor("logits", [1, classes], np.int8, out_scale, out_zero)
-    g.operator(
-        schema.BuiltinOperator.FULLY_CONNECTED,
-        4,
-        [normalised, kernel, offsets],
-        logits,
-        schema.BuiltinOptions.FullyConnectedOptions,
-        schema.FullyConnectedOptionsT(),
-    )
-    return _softmax_output(g, features, logits, classes, np.int8)
-
-
-def _softmax_output(g: _Graph, features: int, logits: int, classes: int, dtype: type) -> bytes:
-    quantised = dtype == np.int8
-    scores = g.tensor("scores", [1, classes], dtype, *((1 / 256, -128) if quantised else ()))
-    options = schema.SoftmaxOptionsT()
-    options.beta = 1.0
-    g.operator(
-        schema.BuiltinOperator.SOFTMAX,
-        2 if quantised else 1,
-        [logits],
-        scores,
-        schema.BuiltinOptions.SoftmaxOptions,
-        options,
-    )
+        features = g.tensor("features", [1, size], np.float32)
+        normalised = g.tensor("normalised", [1, size], np.float32)
+        constants = _float_constants(g, weights, bias, mode)
+        logits = g.tensor("logits", [1, classes], np.float32)
+        scores = g.tensor("scores", [1, classes], np.float32)
+    quantised = mode == "int8"  # the operators' int8 kernels are later versions
+    op, options = schema.BuiltinOperator, schema.BuiltinOptions
+    softmax = schema.SoftmaxOptionsT()
+    softmax.beta = 1.0
+    g.operator(op.L2_NORMALIZATION, 2 if quantised else 1, [features], normalised,
+               options.L2NormOptions, schema.L2NormOptionsT())  # fmt: skip
+    g.operator(op.FULLY_CONNECTED, 4 if quantised else 1, [normalised, *constants], logits,
+               options.FullyConnectedOptions, schema.FullyConnectedOptionsT())  # fmt: skip
+    g.operator(op.SOFTMAX, 2 if quantised else 1, [logits], scores, options.SoftmaxOptions, softmax)
     return g.finish([features], [scores])
+
+
+def _float_constants(g: _Graph, weights: np.ndarray, bias: np.ndarray, mode: str) -> list[int]:
+    """Weights [C, D] and bias as float32 tensors; for float16, stored as float16 and dequantised."""
+    kernel, offsets = weights.T.astype(np.float32), bias.astype(np.float32)
+    if mode != "float16":
+        return [g.tensor("weights", list(kernel.shape), np.float32, data=kernel),
+                g.tensor("bias", list(offsets.shape), np.float32, data=offsets)]  # fmt: skip
+    constants = []
+    for name, values in (("weights", kernel), ("bias", offsets)):
+        stored = g.tensor(f"{name}_f16", list(values.shape), np.float16, data=values)
+        constants.append(g.tensor(name, list(values.shape), np.float32))
+        g.operator(schema.BuiltinOperator.DEQUANTIZE, 3, [stored], constants[-1])
+    return constants
+
+
+def _int8_constants(g: _Graph, weights: np.ndarray, bias: np.ndarray) -> list[int]:
+    """int8 weights [C, D] with one symmetric scale; int32 bias at the scale of its products with the
+    normalised input (1/128)."""
+    w_scale = max(float(np.abs(weights).max()), 1e-12) / 127
+    kernel = np.clip(np.round(weights.T / w_scale), -127, 127).astype(np.int8)
+    b_scale = w_scale / 128
+    return [g.tensor("weights", list(kernel.shape), np.int8, w_scale, 0, kernel),
+            g.tensor("bias", [len(bias)], np.int32, b_scale, 0, np.round(bias / b_scale).astype(np.int32))]  # fmt: skip
 
 
 def _range_params(values: np.ndarray) -> tuple[float, int]:
