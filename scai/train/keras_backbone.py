@@ -34,8 +34,8 @@ APPLICATIONS = {"mobilenet_v2": "MobileNetV2", "efficientnet_b0": "EfficientNetB
 SIZE = 224  # the applications' ImageNet input size
 
 
-def converted(name: str, weights: Path | None, cache: Path) -> Path:
-    """The application with these weights as a TFLite backbone, converted on first use."""
+def weights_file(name: str, weights: Path | None) -> Path:
+    """The weights file given with ``--weights``, or a clear error saying where one comes from."""
     if weights is None:
         raise config.ConfigError(
             f"--base {name} needs its ImageNet weights as --weights FILE: SCAI does not download them. "
@@ -44,6 +44,11 @@ def converted(name: str, weights: Path | None, cache: Path) -> Path:
     weights = Path(weights).expanduser().resolve()
     if not weights.is_file():
         raise config.ConfigError(f"weights file {weights} does not exist")
+    return weights
+
+
+def converted(name: str, weights: Path, cache: Path) -> Path:
+    """The application with these weights as a TFLite backbone, converted on first use."""
     target = Path(cache) / "keras" / f"{name}-{file_digest(weights)[:16]}.tflite"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -90,13 +90,17 @@ def prepare_backbone(
             names = ", ".join(keras_backbone.APPLICATIONS)
             raise config.ConfigError(f"--weights and --fine-tune go with a Keras application as --base ({names})")
         return (*backbone_reference(options.base, options.usr_dir), None)
-    converted = keras_backbone.converted(options.base, options.weights, cache)
+    weights = keras_backbone.weights_file(options.base, options.weights)
     reference = f"models/{options.name}/backbone.tflite"
-    if not options.fine_tune:
-        return reference, keras_backbone.install(converted, model_dir), None
+    if not options.fine_tune:  # the untuned conversion is cached; a tuned one is this model's own
+        return (
+            reference,
+            keras_backbone.install(keras_backbone.converted(options.base, weights, cache), model_dir),
+            None,
+        )
     target = model_dir / "backbone.tflite"
     tuned = keras_backbone.fine_tune(
-        options.base, Path(options.weights), data, options.validation_fraction,
+        options.base, weights, data, options.validation_fraction,
         options.seed, options.fine_tune, options.fine_tune_epochs, target,
     )  # fmt: skip
     return reference, target, tuned
@@ -184,7 +188,7 @@ def train(options: TrainOptions) -> TrainResult:
         accuracy=float(np.mean(predicted == held[1])),
         per_class=per_class,
         confusion=confusion.tolist(),
-        train_count=len(training[1]) // (1 + augment.VARIANTS * options.augment),
+        train_count=len(found.readable) - len(held[1]),
         validation_count=len(held[1]),
         reused=found.reused,
         computed=found.computed,
