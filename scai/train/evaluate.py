@@ -51,12 +51,12 @@ def evaluate(spec: config.ModelSpec, dataset: Path) -> Evaluation:
     engine = load_classifier(spec)
     index = {name: i for i, name in enumerate(data.classes)}
     confusion = np.zeros((len(data.classes), len(data.classes) + 1), int)
-    skipped = []
+    skipped, limit = [], config.Settings().max_pixels
     for path, truth in tqdm(
         list(zip(data.files, data.labels, strict=True)), desc="evaluating", unit="photo", leave=False
     ):
         try:
-            image = imaging.load_rgb(path, config.Settings().max_pixels)
+            image = imaging.load_rgb(path, limit)
         except imaging.InvalidImage as error:
             skipped.append((str(path), str(error)))
             continue

@@ -130,10 +130,10 @@ def install(backbone: Path, model_dir: Path) -> Path:
 
 def _photos(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """The readable photos resized as the served model resizes them, scaled to [-1, 1]; their labels."""
-    pixels, labels = [], []
+    pixels, labels, limit = [], [], config.Settings().max_pixels
     for path, label in zip(data.files, data.labels, strict=True):
         try:
-            image = imaging.load_rgb(path, config.Settings().max_pixels)
+            image = imaging.load_rgb(path, limit)
         except (imaging.InvalidImage, OSError):
             continue  # the bottleneck step lists it
         pixels.append(np.asarray(image.resize((SIZE, SIZE), Image.BILINEAR), np.float32) / 127.5 - 1)
