@@ -84,7 +84,7 @@ def model_time(kind: str, spec: config.ModelSpec, image_path: Path, runs: int) -
         pixels = engine.prepare([image])
         return timed(lambda: engine.run(pixels), runs), timed(lambda: engine.predict([image]), runs)
     engine = load_detector(spec)
-    task = DetectionTask()
+    task = DetectionTask(config.Settings())
     with tempfile.TemporaryDirectory() as folder:
         item = Item(image, Path(folder))
         return timed(lambda: engine.detect_one(image), runs), timed(lambda: task.run(engine, [item]), runs)

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--runningmode", choices=("runtime", "job"), help="workers that stay (default) or one per upload"
     )
+    serve.add_argument(
+        "--workers",
+        metavar="auto|N",
+        help="worker processes per job kind (env SCAI_WORKERS; default auto: one per core for TFLite models)",
+    )
     _folders(serve)
 
     worker = commands.add_parser("worker", help="run one worker daemon")
@@ -60,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="load only this model section at start (others load when first asked for)",
     )
     worker.add_argument("--session", metavar="ID", help="job mode: process only this session")
+    worker.add_argument(
+        "--workers",
+        default="1",
+        metavar="auto|N",
+        help="runtime mode: run N supervised worker processes (auto: as scai serve sizes them)",
+    )
+    worker.add_argument("--siblings", type=int, default=1, help=argparse.SUPPRESS)  # set by the supervisor
     _folders(worker)
 
     classify = commands.add_parser("classify", help="classify one image file and print the labels")
@@ -173,12 +185,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from scai.service import serve
 
         extra = {"running_mode": args.runningmode} if args.runningmode else {}
+        if args.workers:
+            extra["workers"] = args.workers
         return serve(_settings(args, **extra), args.host, args.port)
     if args.command == "worker":
-        from scai.worker import run
-
-        settings = _settings(args, rescan_seconds=args.checktimeperoid)
-        return run(settings, config.JOB_ALIASES[args.kind], args.runningmode, args.usedconfig, args.session)
+        return run_worker(args)
     if args.command == "classify":
         return run_classify(args)
     if args.command == "detect":
@@ -192,6 +203,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "quantize":
         return run_quantize(args)
     return run_clean(args)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from scai.worker import run, run_group
+
+    settings = _settings(args, rescan_seconds=args.checktimeperoid, workers=args.workers)
+    job = config.JOB_ALIASES[args.kind]
+    processes = settings.worker_processes(job)
+    if args.runningmode == "runtime" and processes > 1:
+        return run_group(settings, job, processes, *(("--usedconfig", args.usedconfig) if args.usedconfig else ()))
+    return run(settings, job, args.runningmode, args.usedconfig, args.session, args.siblings)
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: object) -> object:

@@ -33,6 +33,38 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in ("0", "false", "no", "off")
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parse_count(value: str | int, what: str) -> int | None:
+    """``auto`` (None: decide from the cores) or a positive whole number."""
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError(f"{what} must be 'auto' or a positive number, not {value!r}")
+    return count
+
+
+@dataclass(frozen=True)
+class Threads:
+    """Interpreter threads of one worker process: ``busy`` while other sessions wait (the sibling
+    processes use the other cores), ``lone`` for a request that has the machine to itself."""
+
+    busy: int
+    lone: int
+
+
 @dataclass
 class Settings:
     """What the portal, the workers and the clean command agree on."""
@@ -52,12 +84,38 @@ class Settings:
     #: Seconds between the worker's safety-net rescans of the pool.
     rescan_seconds: float = 5.0
     top_k: int = 5
+    #: Decode large JPEGs at a reduced scale for the model (see ``imaging``); off decodes whole.
+    draft_decode: bool = field(default_factory=lambda: _env_flag("SCAI_DRAFT_DECODE", True))
+    #: Worker processes per job kind: ``auto`` (one per core for TFLite models, else one) or N.
+    workers: str = field(default_factory=lambda: os.environ.get("SCAI_WORKERS", "auto"))
+    #: Interpreter threads of each worker process; 0 decides from the cores and the processes.
+    threads: int = field(default_factory=lambda: _env_int("SCAI_THREADS", 0))
 
     def __post_init__(self) -> None:
         self.session_dir = Path(self.session_dir).resolve()
         self.usr_dir = Path(self.usr_dir).resolve()
         if self.running_mode not in ("runtime", "job"):
             raise ConfigError(f"running mode must be 'runtime' or 'job', not {self.running_mode!r}")
+        parse_count(self.workers, "workers")
+
+    def worker_processes(self, job: str) -> int:
+        """How many worker processes serve ``job``: as set, or one per core where every model of
+        the job is TFLite (small, one thread each), else one (TensorFlow spreads over the cores
+        itself, and each such process holds several hundred MB)."""
+        count = parse_count(self.workers, "workers")
+        if count is not None:
+            return count
+        models = load_models(self.usr_dir, job).values()
+        lite = models and all(spec.path.suffix == ".tflite" for spec in models)
+        return cpu_count() if lite else 1
+
+    def interpreter_threads(self, processes: int) -> Threads:
+        """Threads for one of ``processes`` sibling workers: together they fit the cores, and a
+        request that is alone may use them all. SCAI_THREADS fixes both."""
+        if self.threads > 0:
+            return Threads(self.threads, self.threads)
+        cores = cpu_count()
+        return Threads(max(1, cores // max(1, processes)), cores)
 
 
 @dataclass(frozen=True)
@@ -135,13 +193,28 @@ def spec_from_section(name: str, job: str, section: configparser.SectionProxy, b
     )
 
 
+#: (config file) -> (its modification stamp, its sections): every upload asks which models exist.
+_parsed: dict[Path, tuple[tuple[int, int], dict[str, ModelSpec]]] = {}
+
+
 def load_models(usr_dir: Path, job: str) -> dict[str, ModelSpec]:
-    """All model sections of one job kind, by name; an absent file means no models."""
+    """All model sections of one job kind, by name; an absent file means no models.
+
+    Parsed again only when the file changes (its mtime or size), not on every request.
+    """
     path = Path(usr_dir) / f"{job}.config"
-    parser = configparser.ConfigParser(interpolation=None, default_section="__defaults__")
-    if path.exists():
+    try:
+        status = path.stat()
+        stamp = (status.st_mtime_ns, status.st_size)
+    except FileNotFoundError:
+        return {}
+    cached = _parsed.get(path)
+    if cached is None or cached[0] != stamp:
+        parser = configparser.ConfigParser(interpolation=None, default_section="__defaults__")
         parser.read(path, encoding="utf-8")
-    return {name: spec_from_section(name, job, parser[name], path.parent) for name in parser.sections()}
+        models = {name: spec_from_section(name, job, parser[name], path.parent) for name in parser.sections()}
+        _parsed[path] = cached = (stamp, models)
+    return dict(cached[1])
 
 
 def pick_model(models: dict[str, ModelSpec], name: str | None) -> ModelSpec:

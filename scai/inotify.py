@@ -1,8 +1,10 @@
-"""A one-folder inotify watch for waiting on a session without polling (Linux).
+"""inotify without polling (Linux): a worker's watch on its pool, and the portal's session waits.
 
-The portal's synchronous ``wait=`` needs one event: "process.json was replaced". A watchdog
-observer per request would start a thread and, worse, hold every rename event back for its
-0.5 s move-pairing delay; a bare inotify descriptor and ``select`` wake within microseconds.
+Two costs shaped this module. A watchdog observer runs threads and holds every rename event back
+for its 0.5 s move-pairing delay; a bare descriptor and ``select`` wake within microseconds. And
+closing an inotify descriptor waits for the kernel to retire its marks (about 8 ms, measured), so
+the portal never closes one per request: each process keeps one descriptor for all its waits
+(``SessionWaits``) and only adds and removes watches, which is cheap.
 """
 
 from __future__ import annotations
@@ -10,36 +12,73 @@ from __future__ import annotations
 import ctypes
 import os
 import select
+import struct
+import threading
 from pathlib import Path
 
-IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x08, 0x80, 0x100
+IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_IGNORED = 0x08, 0x80, 0x100, 0x8000
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
+#: A file created, written and closed, or renamed in: every way a session's files change.
+CHANGES = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class FolderWatch:
-    """Wakes ``wait`` when a file in ``folder`` is created, written and closed, or renamed in."""
+def _new_descriptor() -> int:
+    fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+    return fd
 
-    def __init__(self, folder: Path) -> None:
-        self.fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
-        if _libc.inotify_add_watch(self.fd, os.fsencode(folder), mask) < 0:
-            error = ctypes.get_errno()
+
+def _add_watch(fd: int, folder: Path, mask: int) -> int:
+    wd = _libc.inotify_add_watch(fd, os.fsencode(folder), mask)
+    if wd < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error), str(folder))
+    return wd
+
+
+def read_events(fd: int) -> list[tuple[int, int, str]]:
+    """Every queued event as (watch, mask, name), without blocking."""
+    events = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return events
+        offset = 0
+        while offset < len(data):
+            wd, mask, _, length = _EVENT.unpack_from(data, offset)
+            offset += _EVENT.size
+            name = data[offset : offset + length].rstrip(b"\0").decode("utf-8", "replace")
+            offset += length
+            events.append((wd, mask, name))
+
+
+class FolderWatch:
+    """Names of the files created, written or renamed into one folder; for a worker's pool."""
+
+    def __init__(self, folder: Path, mask: int = CHANGES) -> None:
+        self.fd = _new_descriptor()
+        try:
+            _add_watch(self.fd, folder, mask)
+        except OSError:
             os.close(self.fd)
-            raise OSError(error, os.strerror(error), str(folder))
+            raise
+
+    def names(self, timeout: float, also: tuple[int, ...] = ()) -> list[str]:
+        """Names changed within ``timeout`` seconds (all queued ones, at once when some are);
+        a readable descriptor in ``also`` ends the wait early (a stop request)."""
+        ready, _, _ = select.select([self.fd, *also], [], [], max(timeout, 0))
+        return [name for _, mask, name in read_events(self.fd) if name and not mask & IN_IGNORED] if ready else []
 
     def wait(self, timeout: float) -> bool:
         """True if something changed within ``timeout`` seconds (events are drained)."""
         ready, _, _ = select.select([self.fd], [], [], max(timeout, 0))
         if ready:
-            try:
-                while os.read(self.fd, 65536):
-                    pass
-            except BlockingIOError:
-                pass
+            read_events(self.fd)
         return bool(ready)
 
     def close(self) -> None:
@@ -50,3 +89,59 @@ class FolderWatch:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class SessionWaits:
+    """One inotify descriptor per process, shared by every request waiting on a session folder.
+
+    A thread reads the events and wakes the waiters of the folder they concern. Watches are
+    counted, so two requests waiting on one session share it and the last one removes it.
+    """
+
+    def __init__(self) -> None:
+        self.fd = _new_descriptor()
+        self.lock = threading.Lock()
+        self.waiters: dict[int, set[threading.Event]] = {}
+        threading.Thread(target=self._dispatch, name="scai-session-waits", daemon=True).start()
+
+    def watch(self, folder: Path) -> tuple[int, threading.Event]:
+        """Start watching ``folder``; the event is set on each change until ``unwatch``."""
+        event = threading.Event()
+        with self.lock:
+            wd = _add_watch(self.fd, folder, CHANGES)
+            self.waiters.setdefault(wd, set()).add(event)
+        return wd, event
+
+    def unwatch(self, wd: int, event: threading.Event) -> None:
+        with self.lock:
+            waiting = self.waiters.get(wd)
+            if waiting is None:
+                return
+            waiting.discard(event)
+            if not waiting:
+                del self.waiters[wd]
+                _libc.inotify_rm_watch(self.fd, wd)  # fails harmlessly if the folder is gone
+
+    def _dispatch(self) -> None:
+        while True:
+            select.select([self.fd], [], [])
+            events = read_events(self.fd)
+            with self.lock:
+                for wd, mask, _ in events:
+                    for event in self.waiters.get(wd, ()):
+                        event.set()
+                    if mask & IN_IGNORED:  # the folder is gone: the kernel dropped the watch
+                        self.waiters.pop(wd, None)
+
+
+_shared: tuple[int, SessionWaits] | None = None
+_shared_lock = threading.Lock()
+
+
+def session_waits() -> SessionWaits:
+    """This process's ``SessionWaits``, made on first use (after uwsgi has forked the process)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared[0] != os.getpid():
+            _shared = (os.getpid(), SessionWaits())
+        return _shared[1]

@@ -8,8 +8,12 @@ Layout under the session root::
     <root>/pool/<job>/<id>           a pending marker: "this session waits for a worker"
     <root>/pool/<job>/.claimed/<id>  a marker a worker has taken
 
-Every file is written to a temporary name and renamed into place, so a reader never sees half a
-file. A worker claims a marker by locking it (``flock``) and renaming it into ``.claimed``; the
+``process.json`` is written to a temporary name and renamed into place, so a reader never sees
+half of it; the upload needs no rename, because nothing reads it before ``process.json`` and the
+marker exist. A worker does not rewrite ``process.json`` when it starts on a session: the claimed
+marker already says so, and ``state`` reports such a session as ``processing``.
+
+A worker claims a marker by locking it (``flock``) and renaming it into ``.claimed``; the
 lock lives exactly as long as the worker's process, so a marker whose lock can be taken belongs to
 a worker that died and goes back to the pool. Two workers never take the same marker: the second
 either fails to lock it or finds it already renamed away.
@@ -33,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scai.inotify import FolderWatch
+from scai.inotify import session_waits
 
 INITIALIZATION, PROCESSING, COMPLETE, FAILURE = "initialization", "processing", "complete", "failure"
 FINAL_STATES = (COMPLETE, FAILURE)
@@ -88,7 +92,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write(path, json.dumps(value, indent=1, ensure_ascii=False).encode("utf-8"))
+    atomic_write(path, json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
 @dataclass
@@ -131,7 +135,7 @@ class SessionStore:
         folder = self.path(session_id)
         folder.mkdir(parents=True)
         input_name = f"input.{ext}"
-        atomic_write(folder / input_name, image)
+        (folder / input_name).write_bytes(image)
         stamp = now_iso()
         atomic_write_json(
             folder / PROCESS_FILE,
@@ -163,15 +167,20 @@ class SessionStore:
         os.close(os.open(self.pool(job) / session_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
 
     def state(self, session_id: str) -> dict[str, Any]:
+        """What ``process.json`` says, with a waiting session a worker has claimed as ``processing``."""
         try:
-            return json.loads((self.path(session_id) / PROCESS_FILE).read_text("utf-8"))
+            state = json.loads((self.path(session_id) / PROCESS_FILE).read_text("utf-8"))
         except FileNotFoundError:
             raise SessionNotFound(session_id) from None
+        if state.get("state") == INITIALIZATION and (self.claimed(state.get("job", "")) / session_id).exists():
+            state.update(state=PROCESSING, message="processing")
+        return state
 
     # -- the worker's side ---------------------------------------------------------------------
-    def update(self, session_id: str, **fields: Any) -> dict[str, Any]:
-        """Change fields of ``process.json``; only the worker holding the claim calls this."""
-        state = self.state(session_id)
+    def update(self, session_id: str, known: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        """Change fields of ``process.json``; only the worker holding the claim calls this.
+        ``known`` is the session's state as the caller already read it (saves reading it again)."""
+        state = dict(known) if known is not None else self.state(session_id)
         state.update(fields, updated=now_iso())
         atomic_write_json(self.path(session_id) / PROCESS_FILE, state)
         return state
@@ -298,10 +307,18 @@ def wait_until_final(
     state = store.state(session_id)
     if settled(state) or timeout <= 0:
         return state
-    with FolderWatch(store.path(session_id)) as watch:
+    waits = session_waits()
+    try:
+        wd, changed = waits.watch(store.path(session_id))
+    except FileNotFoundError:
+        raise SessionNotFound(session_id) from None
+    try:
         while True:
+            changed.clear()
             state = store.state(session_id)  # read after the watch starts: no change is missed
             remaining = deadline - time.monotonic()
             if settled(state) or remaining <= 0:
                 return state
-            watch.wait(remaining)
+            changed.wait(remaining)
+    finally:
+        waits.unwatch(wd, changed)

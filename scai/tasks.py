@@ -17,7 +17,7 @@ from PIL import Image
 from object_detection.boxes import Box
 from object_detection.drawing import Labelled, draw
 from scai import imaging
-from scai.config import CLASSIFICATION, DETECTION, ModelSpec, Settings
+from scai.config import CLASSIFICATION, DETECTION, ModelSpec, Settings, Threads
 from scai.engines import Detector, Prediction, load_classifier, load_detector
 from scai.sessions import atomic_write
 
@@ -26,11 +26,19 @@ RESULT_IMAGE = "output.png"
 
 @dataclass
 class Item:
-    """One session's share of a batch: its decoded image, request options and folder."""
+    """One session's share of a batch: its image decoded for the model (a large JPEG at a reduced
+    scale), request options, folder, and the upload itself for work at full size."""
 
     image: Image.Image
     folder: Path
     options: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+    def full_image(self, max_pixels: int) -> Image.Image:
+        """The image at the upload's own size (decoded again only if ``image`` was reduced)."""
+        if self.source is None or self.image.size == imaging.upright_size(self.source, max_pixels):
+            return self.image
+        return imaging.load_rgb(self.source, max_pixels)
 
 
 class Task(Protocol):
@@ -39,8 +47,9 @@ class Task(Protocol):
     def load(self, spec: ModelSpec) -> Any:
         """Load a model once; the result is passed back to ``run``."""
 
-    def run(self, engine: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
-        """The result fields of each item of the batch (files go into the item's folder)."""
+    def run(self, engine: Any, items: Sequence[Item], lone: bool = False) -> list[dict[str, Any]]:
+        """The result fields of each item of the batch (files go into the item's folder); ``lone``:
+        nothing else waits, the model may use every core."""
 
 
 def format_percent(score: float) -> str:
@@ -50,13 +59,15 @@ def format_percent(score: float) -> str:
 class ClassificationTask:
     job = CLASSIFICATION
 
-    def __init__(self, top_k: int = 5) -> None:
-        self.top_k = top_k
+    def __init__(self, settings: Settings, threads: Threads | None = None) -> None:
+        self.top_k = settings.top_k
+        self.threads = threads
 
     def load(self, spec: ModelSpec) -> Any:
-        return load_classifier(spec)
+        return load_classifier(spec, self.threads)
 
-    def run(self, engine: Any, items: Sequence[Item]) -> list[dict[str, Any]]:
+    def run(self, engine: Any, items: Sequence[Item], lone: bool = False) -> list[dict[str, Any]]:
+        engine.use_all_cores(lone)
         results = []
         for row in engine.predict([item.image for item in items]):
             top = engine.top(row, self.top_k)
@@ -116,13 +127,21 @@ def png_bytes(image: Image.Image) -> bytes:
 class DetectionTask:
     job = DETECTION
 
-    def load(self, spec: ModelSpec) -> Any:
-        return load_detector(spec)
+    def __init__(self, settings: Settings, threads: Threads | None = None) -> None:
+        self.max_pixels = settings.max_pixels
+        self.threads = threads
 
-    def run(self, engine: Detector, items: Sequence[Item]) -> list[dict[str, Any]]:
+    def load(self, spec: ModelSpec) -> Any:
+        return load_detector(spec, self.threads)
+
+    def run(self, engine: Detector, items: Sequence[Item], lone: bool = False) -> list[dict[str, Any]]:
+        """Boxes are normalised, so the model may see a reduced image; they are drawn on the
+        upload at its own size."""
+        engine.use_all_cores(lone)
         results = []
         for item, raw in zip(items, engine.detect([item.image for item in items]), strict=True):
-            fields, png = annotate(engine, item.image, raw, float(item.options.get("min_score", engine.min_score)))
+            min_score = float(item.options.get("min_score", engine.min_score))
+            fields, png = annotate(engine, item.full_image(self.max_pixels), raw, min_score)
             atomic_write(item.folder / RESULT_IMAGE, png)
             results.append(fields)
         return results
@@ -134,8 +153,8 @@ def annotate(engine: Detector, image: Image.Image, raw: Any, min_score: float) -
     return detection_fields(chosen, *image.size), png_bytes(draw(image, chosen, engine.line_thickness))
 
 
-def task_for(job: str, top_k: int = 5) -> Task:
-    return ClassificationTask(top_k) if job == CLASSIFICATION else DetectionTask()
+def task_for(job: str, settings: Settings, threads: Threads | None = None) -> Task:
+    return (ClassificationTask if job == CLASSIFICATION else DetectionTask)(settings, threads)
 
 
 def classify_file(spec: ModelSpec, path: Path, top_k: int) -> list[Prediction]:

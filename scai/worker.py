@@ -1,67 +1,63 @@
-"""The worker daemon: watch the pool, claim markers, run batches through the model, write results.
+"""The worker daemon: watch the pool, claim markers, run them through the model, write results.
 
-Runtime mode keeps models loaded and waits on file-system events (inotify through watchdog), with
-a slow rescan as a safety net that also takes back markers of workers that died. Job mode runs the
-same code once for one session and exits. Any number of workers may share one pool: claims are
-exclusive (see ``sessions``), so each session is processed exactly once.
+Runtime mode keeps models loaded and learns of new markers from inotify on the pool (the event
+names the session, so a claim needs no scan of the pool); a rescan every few seconds, whatever the
+load, takes back markers of workers that died and picks up anything an event missed. Job mode runs
+the same code once for one session and exits. Any number of workers may share one pool: claims
+are exclusive (see ``sessions``), so each session is processed exactly once.
+
+A worker claims what is waiting, never waiting for a batch to fill: up to ``batch_size`` where a
+model runs a batch in one call faster than one by one, else one at a time, so that sibling worker
+processes share the queue.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
 from scai import config, imaging
 from scai.config import ConfigError, Settings
+from scai.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, FolderWatch
 from scai.sessions import (
     COMPLETE,
     FAILURE,
     FINAL_STATES,
-    PROCESSING,
     Claim,
     SessionNotFound,
     SessionStore,
 )
+from scai.supervisor import Child, Supervisor
 from scai.tasks import Item, Task, task_for
 
 log = logging.getLogger("scai.worker")
 
 
-class SetOnChange(FileSystemEventHandler):
-    """A watchdog handler that sets a ``threading.Event`` on any change in the watched folder."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        self.event.set()
-
-
 class Worker:
     """One worker process for one job kind."""
 
-    def __init__(self, settings: Settings, job: str) -> None:
+    def __init__(self, settings: Settings, job: str, siblings: int = 1) -> None:
         self.settings = settings
         self.job = job
-        self.task: Task = task_for(job, settings.top_k)
+        self.task: Task = task_for(job, settings, settings.interpreter_threads(siblings))
         self.store = SessionStore(settings.session_dir)
         self.store.ensure_pool(job)
         self.models: dict[str, config.ModelSpec] = {}
         self.models_stamp = -1
         self._reread_models()
         self.engines: dict[str, tuple[config.ModelSpec, Any]] = {}
-        self.wake = threading.Event()
+        #: Session ids that may be pending, oldest first: from inotify events and rescans.
+        self.candidates: deque[str] = deque()
         self.stopping = threading.Event()
+        self._stop_read, self._stop_write = os.pipe()
 
     # -- models ---------------------------------------------------------------------------------
     def preload(self, names: list[str] | None = None) -> None:
@@ -87,20 +83,26 @@ class Worker:
         if stamp != self.models_stamp:
             self.models, self.models_stamp = config.load_models(self.settings.usr_dir, self.job), stamp
 
+    def claim_limit(self) -> int:
+        """How many sessions to take at once: a batch only where a loaded model gains from one."""
+        batching = any(getattr(engine, "batch_size", 1) > 1 for _, engine in self.engines.values())
+        return self.settings.batch_size if batching else 1
+
     # -- processing -----------------------------------------------------------------------------
     def claim_batch(self) -> list[Claim]:
+        """Claim what is waiting among the candidates, up to the claim limit; never waits."""
         claims: list[Claim] = []
-        for session_id in self.store.pending(self.job):
-            claim = self.store.claim(self.job, session_id)
+        limit = self.claim_limit()
+        while self.candidates and len(claims) < limit:
+            claim = self.store.claim(self.job, self.candidates.popleft())
             if claim:
                 claims.append(claim)
-            if len(claims) >= self.settings.batch_size:
-                break
         return claims
 
     def drain(self) -> int:
         """Process pending sessions until the pool is empty; returns how many were taken."""
         taken = 0
+        self.candidates.extend(self.store.pending(self.job))
         while not self.stopping.is_set():
             claims = self.claim_batch()
             if not claims:
@@ -111,69 +113,86 @@ class Worker:
 
     def process(self, claims: list[Claim]) -> None:
         """Run claimed sessions, grouped by model; every claim ends complete, failed or gone."""
-        by_model: dict[str, list[tuple[Claim, Item]]] = defaultdict(list)
+        by_model: dict[str, list[tuple[Claim, dict[str, Any]]]] = defaultdict(list)
         for claim in claims:
-            opened = self._open(claim)
-            if opened is not None:
-                by_model[opened[0]].append((claim, opened[1]))
-        for model, items in by_model.items():
-            self._run_model(model, items)
+            state = self._open(claim)
+            if state is not None:
+                by_model[state["model"]].append((claim, state))
+        lone = not self.candidates  # nothing else waits: this batch may use every core
+        for model, opened in by_model.items():
+            self._run_model(model, opened, lone)
 
-    def _open(self, claim: Claim) -> tuple[str, Item] | None:
-        """Mark a session as processing and decode its image; None if it needs no more work."""
-        sid = claim.session_id
+    def _open(self, claim: Claim) -> dict[str, Any] | None:
+        """The claimed session's state, or None (and the claim let go) if it needs no more work."""
         try:
-            state = self.store.state(sid)
-            if state.get("state") in FINAL_STATES:  # done before a crash took the worker
-                self.store.finish(claim)
-                return None
-            self.store.update(sid, state=PROCESSING, message="processing")
-            folder = self.store.path(sid)
-            image = imaging.load_rgb(folder / state["input"], self.settings.max_pixels)
-            return state["model"], Item(image, folder, state.get("options") or {})
+            state = self.store.state(claim.session_id)
         except SessionNotFound:
-            log.info("session %s vanished before processing", sid)
+            log.info("session %s vanished before processing", claim.session_id)
             self.store.finish(claim)
-        except imaging.InvalidImage as error:
-            self._fail(claim, str(error))
-        except Exception as error:  # a session must never take the worker down
-            log.exception("session %s could not be opened", sid)
-            self._fail(claim, f"internal error: {error}")
-        return None
+            return None
+        if state.get("state") in FINAL_STATES:  # done before a crash took the worker
+            self.store.finish(claim)
+            return None
+        return state
 
-    def _run_model(self, model: str, items: list[tuple[Claim, Item]]) -> None:
-        claims = [claim for claim, _ in items]
+    def _decode(self, engine: Any, claim: Claim, state: dict[str, Any]) -> Item | None:
+        """The session's image decoded for this engine, or None (the session failed) if it cannot be."""
+        folder = self.store.path(claim.session_id)
+        source = folder / state["input"]
+        fit = getattr(engine, "input_size", None) if self.settings.draft_decode else None
+        try:
+            image = imaging.load_rgb(source, self.settings.max_pixels, fit[::-1] if fit else None)
+        except imaging.InvalidImage as error:
+            self._fail(claim, state, str(error))
+            return None
+        except Exception as error:  # a session must never take the worker down
+            log.exception("session %s could not be opened", claim.session_id)
+            self._fail(claim, state, f"internal error: {error}")
+            return None
+        return Item(image, folder, state.get("options") or {}, source)
+
+    def _run_model(self, model: str, opened: list[tuple[Claim, dict[str, Any]]], lone: bool) -> None:
         try:
             engine = self.engine(model)
-            started = time.perf_counter()
-            results = self.task.run(engine, [item for _, item in items])
-            elapsed = (time.perf_counter() - started) * 1000
         except (ConfigError, OSError) as error:
-            for claim in claims:
-                self._fail(claim, f"model {model!r} unavailable: {error}")
+            for claim, state in opened:
+                self._fail(claim, state, f"model {model!r} unavailable: {error}")
             return
+        items = []
+        for claim, state in opened:
+            item = self._decode(engine, claim, state)
+            if item is not None:
+                items.append((claim, state, item))
+        if items:
+            self._infer(engine, model, items, lone)
+
+    def _infer(self, engine: Any, model: str, items: list[tuple[Claim, dict[str, Any], Item]], lone: bool) -> None:
+        try:
+            started = time.perf_counter()
+            results = self.task.run(engine, [item for _, _, item in items], lone=lone)
+            elapsed = (time.perf_counter() - started) * 1000
         except Exception:
             if len(items) > 1:  # find the one session that breaks the batch
                 for item in items:
-                    self._run_model(model, [item])
+                    self._infer(engine, model, [item], lone)
                 return
-            log.exception("session %s failed in the model", claims[0].session_id)
-            self._fail(claims[0], "the model could not process this image")
+            log.exception("session %s failed in the model", items[0][0].session_id)
+            self._fail(items[0][0], items[0][1], "the model could not process this image")
             return
-        for claim, fields in zip(claims, results, strict=True):
-            self._complete(claim, fields, elapsed / len(claims))
+        for (claim, state, _), fields in zip(items, results, strict=True):
+            self._complete(claim, state, fields, elapsed / len(items))
 
-    def _complete(self, claim: Claim, fields: dict[str, Any], millis: float) -> None:
+    def _complete(self, claim: Claim, state: dict[str, Any], fields: dict[str, Any], millis: float) -> None:
         try:
-            self.store.update(claim.session_id, state=COMPLETE, message="complete", **fields)
+            self.store.update(claim.session_id, state, state=COMPLETE, message="complete", **fields)
             log.info("complete %s in %.1f ms", claim.session_id, millis)
         except SessionNotFound:
             log.info("session %s vanished during processing", claim.session_id)
         self.store.finish(claim)
 
-    def _fail(self, claim: Claim, message: str) -> None:
+    def _fail(self, claim: Claim, state: dict[str, Any] | None, message: str) -> None:
         try:
-            self.store.update(claim.session_id, state=FAILURE, message=message)
+            self.store.update(claim.session_id, state, state=FAILURE, message=message)
             log.info("failure %s: %s", claim.session_id, message)
         except SessionNotFound:
             pass
@@ -182,25 +201,28 @@ class Worker:
     # -- modes ----------------------------------------------------------------------------------
     def run_forever(self) -> None:
         """Runtime mode: serve until SIGTERM or SIGINT, finishing the batch in hand."""
-        observer = Observer()
-        # Markers are created in place and closed: IN_CLOSE_WRITE is the one event to wake on.
-        # Asking for no move events also keeps watchdog from holding the queue back 0.5 s after
-        # each claim (it delays a rename out of the folder, hoping to pair it with a rename in).
-        pool = str(self.store.pool(self.job))
-        observer.schedule(SetOnChange(self.wake), pool, recursive=False, event_filter=[FileClosedEvent])
-        observer.start()
-        log.info("watching %s", self.store.pool(self.job))
-        try:
+        # Markers are created in place and closed (IN_CLOSE_WRITE), or renamed back by a recovery
+        # (IN_MOVED_TO); a claim renames one away, which needs no wake-up.
+        with FolderWatch(self.store.pool(self.job), IN_CLOSE_WRITE | IN_MOVED_TO) as watch:
+            log.info("watching %s", self.store.pool(self.job))
+            next_rescan = 0.0
             while not self.stopping.is_set():
-                self.wake.clear()
-                recovered = self.store.recover(self.job)
-                if recovered:
-                    log.info("took back %d sessions from a worker that died", len(recovered))
-                self.drain()
-                self.wake.wait(self.settings.rescan_seconds)
-        finally:
-            observer.stop()
-            observer.join()
+                now = time.monotonic()
+                if now >= next_rescan:
+                    self.rescan()
+                    next_rescan = now + self.settings.rescan_seconds
+                wait = 0 if self.candidates else next_rescan - now
+                self.candidates.extend(watch.names(wait, also=(self._stop_read,)))
+                claims = self.claim_batch()
+                if claims:
+                    self.process(claims)
+
+    def rescan(self) -> None:
+        """Take back the claims of workers that died, and list the whole pool again."""
+        recovered = self.store.recover(self.job)
+        if recovered:
+            log.info("took back %d sessions from a worker that died", len(recovered))
+        self.candidates = deque(self.store.pending(self.job))
 
     def run_job(self, session_id: str | None = None) -> int:
         """Job mode: process one named session, or everything pending, then return."""
@@ -215,12 +237,20 @@ class Worker:
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
-        self.wake.set()
+        os.write(self._stop_write, b"x")
 
 
-def run(settings: Settings, job: str, mode: str, model: str | None = None, session: str | None = None) -> int:
-    """The ``scai worker`` command: runtime mode serves until stopped, job mode once."""
-    worker = Worker(settings, job)
+def run(
+    settings: Settings,
+    job: str,
+    mode: str,
+    model: str | None = None,
+    session: str | None = None,
+    siblings: int = 1,
+) -> int:
+    """The ``scai worker`` command: runtime mode serves until stopped, job mode once.
+    ``siblings``: how many worker processes share this pool (and the cores) with this one."""
+    worker = Worker(settings, job, siblings)
     if mode == "job":
         worker.run_job(session)
         return 0
@@ -228,6 +258,25 @@ def run(settings: Settings, job: str, mode: str, model: str | None = None, sessi
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run_forever()
+    return 0
+
+
+def worker_group(settings: Settings, job: str, processes: int, *extra: str) -> list[Child]:
+    """``processes`` supervised workers for ``job``, each told how many siblings share the cores."""
+    alias = {v: k for k, v in config.JOB_ALIASES.items()}[job]
+    options = ("--siblings", str(processes), "--checktimeperoid", str(settings.rescan_seconds), *extra)
+    return [
+        Child(f"{alias} worker {i + 1}/{processes}", worker_command(settings, job, *options)) for i in range(processes)
+    ]
+
+
+def run_group(settings: Settings, job: str, processes: int, *extra: str) -> int:
+    """``scai worker KIND --workers N``: N supervised worker processes, for one systemd unit."""
+    supervisor = Supervisor(worker_group(settings, job, processes, *extra))
+    supervisor.stop_on_signals()
+    supervisor.start()
+    log.info("%d %s workers", processes, job)
+    supervisor.run()
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from scai.config import ConfigError, ModelSpec
+from scai.config import ConfigError, ModelSpec, Threads
 from scai.engines.base import Classifier, Detector, Prediction
 
 
@@ -35,7 +35,7 @@ def _resolved(spec: ModelSpec) -> tuple[str, ModelSpec]:
     return kind, spec
 
 
-def load_classifier(spec: ModelSpec) -> Classifier:
+def load_classifier(spec: ModelSpec, threads: Threads | None = None) -> Classifier:
     """Load a classification model once; the engine module is imported only when needed."""
     kind, spec = _resolved(spec)
     if spec.head is not None:
@@ -45,7 +45,7 @@ def load_classifier(spec: ModelSpec) -> Classifier:
     if kind == "tflite":
         from scai.engines.tflite import TFLiteClassifier
 
-        return TFLiteClassifier(spec)
+        return TFLiteClassifier(spec, threads)
     from scai.engines import tensorflow
 
     engines = {
@@ -56,13 +56,13 @@ def load_classifier(spec: ModelSpec) -> Classifier:
     return engines[kind](spec)
 
 
-def load_detector(spec: ModelSpec) -> Detector:
+def load_detector(spec: ModelSpec, threads: Threads | None = None) -> Detector:
     """Load a detection model once; its output layout is recognised from the model itself."""
     kind, spec = _resolved(spec)
     if kind == "tflite":
         from scai.engines.tflite import TFLiteSSDDetector
 
-        return TFLiteSSDDetector(spec)
+        return TFLiteSSDDetector(spec, threads)
     from scai.engines import tensorflow
 
     if kind == "graphdef":

@@ -78,6 +78,9 @@ class Classifier(ABC):
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """Raw model outputs [N, classes] for uint8 pixels [N, H, W, 3]."""
 
+    def use_all_cores(self, lone: bool) -> None:  # noqa: B027 - formats without threads ignore it
+        """Run the next batch on every core (nothing else waits) or on this worker's share."""
+
     def embedded_labels(self) -> list[str] | None:
         """Labels the model file carries itself, for formats that can."""
         return None
@@ -154,6 +157,9 @@ class Detector(ABC):
         self.max_boxes = int(options.get("max_boxes_to_draw", 20))
         self.line_thickness = int(options.get("line_thickness", 4))
         self._labels = label_map.load(spec.labels, self.first_class_id) if spec.labels else {}
+
+    def use_all_cores(self, lone: bool) -> None:  # noqa: B027 - formats without threads ignore it
+        """Run the next batch on every core (nothing else waits) or on this worker's share."""
 
     @abstractmethod
     def detect_one(self, image: Image.Image) -> Detections:

@@ -48,7 +48,8 @@ class CompositeClassifier(Classifier):
         if spec.path.suffix != ".tflite" or spec.head is None or spec.head.suffix != ".tflite":
             raise ConfigError(f"model {spec.name!r}: GRAPH and HEAD must both be .tflite files")
         self.features = TFLiteFeatures(spec.path)
-        self.head = TFLiteHead(spec.head, threads_for(spec))
+        threads = threads_for(spec)
+        self.head = TFLiteHead(spec.head, threads.busy if threads else None)
         if self.head.size != self.features.size:
             raise ConfigError(
                 f"model {spec.name!r}: the head takes {self.head.size} features, "

@@ -18,7 +18,7 @@ from scai.portal.uploads import (
     store,
     upload_options,
 )
-from scai.sessions import COMPLETE, FAILURE, wait_until_final
+from scai.sessions import COMPLETE, FAILURE, SessionNotFound, wait_until_final
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -34,6 +34,14 @@ def _wait_seconds() -> float:
     if not 0 <= seconds < float("inf"):
         abort(400, "wait must be zero or more seconds")
     return min(seconds, settings().max_wait_seconds)
+
+
+def wait_for(session_id: str, wait: float, changed_from: str | None = None) -> dict:
+    """The session's state after waiting; 404 if it was cleaned away meanwhile."""
+    try:
+        return wait_until_final(store(), session_id, wait, changed_from)
+    except SessionNotFound:
+        abort(404, f"session {session_id} is gone (cleaned away)")
 
 
 def session_response(session_id: str, key: str, state: dict) -> tuple[Response, int]:
@@ -60,7 +68,7 @@ def submit(kind: str) -> tuple[Response, int]:
     wait = _wait_seconds()
     created = accept_upload(SERVED[kind], request.args.get("model"), upload_options(SERVED[kind]))
     session_id, key = created["sessname"], created["sesskey"]
-    state = wait_until_final(store(), session_id, wait)
+    state = wait_for(session_id, wait)
     return session_response(session_id, key, state)
 
 
@@ -69,7 +77,7 @@ def session(session_id: str) -> tuple[Response, int]:
     key = request.args.get("key")
     find_session(None, session_id, key)
     changed_from = request.args.get("changed_from")  # wake on any change, for progress displays
-    state = wait_until_final(store(), session_id, _wait_seconds(), changed_from)
+    state = wait_for(session_id, _wait_seconds(), changed_from)
     return session_response(session_id, key or "", state)
 
 

@@ -1,0 +1,129 @@
+"""Keeping child processes alive: the portal server and the workers of ``scai serve``, and the
+worker processes of one ``scai worker --workers N`` unit.
+
+A child that dies is started again after a growing delay (1, 2, 4 ... up to 30 s), and the log
+says how it ended. One that exits with ``EXIT_CONFIG`` (a model or setting that cannot work) or
+fails ``burst`` times within ``window`` seconds stays down, as systemd's StartLimitBurst does:
+restarting would not help, and the log says why. Nothing needs cleaning up after a death: a dead
+worker's claims go back to the pool at the next rescan of any worker (see ``sessions``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+log = logging.getLogger("scai.supervisor")
+
+#: The exit status of a process that cannot start for a reason a restart will not change.
+EXIT_CONFIG = 2
+MAX_DELAY = 30.0
+
+
+@dataclass
+class Child:
+    """One supervised command and what is known of its recent life."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str] | None = None
+    process: subprocess.Popen | None = None
+    failures: deque[float] = field(default_factory=deque)
+    restart_at: float | None = None
+    given_up: bool = False
+
+
+def describe(status: int) -> str:
+    if status < 0:
+        name = signal.Signals(-status).name
+        return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return f"exited with status {status}"
+
+
+class Supervisor:
+    """Starts its children, restarts those that die, and stops them all on request."""
+
+    def __init__(self, children: list[Child], *, burst: int = 10, window: float = 300.0) -> None:
+        self.children = children
+        self.burst = burst
+        self.window = window
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        for child in self.children:
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        env = {**os.environ, **child.env} if child.env else None
+        child.process = subprocess.Popen(child.command, stdin=subprocess.DEVNULL, env=env)
+        child.restart_at = None
+        log.debug("started %s (pid %d)", child.name, child.process.pid)
+
+    def check(self) -> None:
+        """Reap children that ended and start again those that are due."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.process is not None and child.process.poll() is not None:
+                self._ended(child, child.process.returncode, now)
+            if child.restart_at is not None and now >= child.restart_at and not self.stopping.is_set():
+                self._spawn(child)
+
+    def _ended(self, child: Child, status: int, now: float) -> None:
+        pid = child.process.pid if child.process else 0
+        child.process = None
+        child.failures.append(now)
+        while child.failures and child.failures[0] < now - self.window:
+            child.failures.popleft()
+        if status == EXIT_CONFIG:
+            child.given_up = True
+            log.error("%s (pid %d) cannot start (status %d): not restarting it; see its message above",
+                      child.name, pid, status)  # fmt: skip
+        elif len(child.failures) >= self.burst:
+            child.given_up = True
+            log.error("%s (pid %d) %s, its %d. failure in %.0f s: not restarting it",
+                      child.name, pid, describe(status), len(child.failures), self.window)  # fmt: skip
+        else:
+            delay = min(MAX_DELAY, 2.0 ** (len(child.failures) - 1))
+            child.restart_at = now + delay
+            log.warning("%s (pid %d) %s; restarting it in %.0f s", child.name, pid, describe(status), delay)
+
+    def alive(self) -> list[Child]:
+        return [c for c in self.children if c.process is not None and c.process.poll() is None]
+
+    def run(self, interval: float = 0.5) -> None:
+        """Supervise until ``stopping`` is set (by a signal handler), then stop every child."""
+        try:
+            while not self.stopping.wait(interval):
+                self.check()
+        finally:
+            self.stop()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (workers finish the batch in hand), then SIGKILL whatever outlives ``timeout``."""
+        self.stopping.set()
+        running = self.alive()
+        for child in running:
+            child.process.terminate()
+        deadline = time.monotonic() + timeout
+        for child in running:
+            try:
+                child.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) did not stop in %.0f s: killing it", child.name, child.process.pid, timeout)
+                child.process.kill()
+                child.process.wait()
+
+    def stop_on_signals(self) -> None:
+        """SIGTERM and SIGINT end ``run``; the children get SIGTERM from ``stop``."""
+
+        def handler(*_: object) -> None:
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
