@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--run-dir", type=Path, default=Path("/run/scai"), help="uwsgi socket folder")
     render.add_argument("--log-dir", type=Path, default=Path("/var/log/scai"))
     render.add_argument("--max-upload-mb", type=int, default=20, help="upload limit, nginx and portal alike")
+    render.add_argument(
+        "--workers", default="auto", metavar="auto|N", help="worker processes per job kind (default auto)"
+    )
+    render.add_argument(
+        "--portal-processes", default="auto", metavar="auto|N", help="uwsgi processes (default auto: one per core)"
+    )
 
     clean = commands.add_parser("clean", help="remove sessions older than a limit")
     add_clean_arguments(clean)

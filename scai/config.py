@@ -22,6 +22,8 @@ JOBS = (CLASSIFICATION, DETECTION)
 JOB_ALIASES = {"classify": CLASSIFICATION, "detect": DETECTION}
 
 DEFAULT_MODEL = "default"
+#: Threads of each portal (uwsgi) process: a request that waits for its result (wait=) holds one.
+PORTAL_THREADS = 16
 
 
 class ConfigError(Exception):

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from scai.config import JOB_ALIASES, ROOT
+from scai.config import JOB_ALIASES, PORTAL_THREADS, ROOT, ConfigError, parse_count
 
 DEPLOY = ROOT / "deploy"
 #: template in deploy/ -> file written under --out (and the extra marks it gets)
@@ -45,6 +45,10 @@ class Installation:
     run_dir: Path = SYSTEM_RUN_DIR
     log_dir: Path = Path("/var/log/scai")
     max_upload_mb: int = 20
+    #: worker processes per job kind, ``auto`` deciding on the machine at start (see Settings)
+    workers: str = "auto"
+    #: uwsgi processes of the portal; ``auto`` is one per core of the machine it runs on
+    portal_processes: str = "auto"
 
     def marks(self, config_dir: Path) -> dict[str, str]:
         prefix = self.prefix.resolve()
@@ -66,7 +70,18 @@ class Installation:
             "MAX_UPLOAD_MB": str(self.max_upload_mb),
             "CONFIG_DIR": str(config_dir.resolve()),
             "RUNTIME_DIRECTORY": runtime,
+            "WORKERS": str(self.workers),
+            "PORTAL_PROCESSES": "%k" if self.portal_processes == "auto" else str(self.portal_processes),
+            "PORTAL_THREADS": str(PORTAL_THREADS),
         }
+
+
+def check_sizing(installation: Installation) -> None:
+    try:
+        parse_count(installation.workers, "--workers")
+        parse_count(installation.portal_processes, "--portal-processes")
+    except ConfigError as error:
+        raise RenderError(str(error)) from None
 
 
 def fill(text: str, marks: dict[str, str], name: str) -> str:
@@ -82,6 +97,7 @@ def fill(text: str, marks: dict[str, str], name: str) -> str:
 
 def render(installation: Installation, out: Path) -> list[Path]:
     """Write every deployment file for ``installation`` under ``out``; returns their paths."""
+    check_sizing(installation)
     marks = installation.marks(out)
     written = []
     for source, target, extra in FILES:

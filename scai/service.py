@@ -15,14 +15,11 @@ import sys
 from pathlib import Path
 
 from scai import config
-from scai.config import ROOT, Settings
+from scai.config import PORTAL_THREADS, ROOT, Settings
 from scai.supervisor import Child, Supervisor
 from scai.worker import worker_group
 
 log = logging.getLogger("scai.service")
-
-#: Threads of each portal process: a request that waits for its result (wait=) holds one.
-PORTAL_THREADS = 16
 
 
 def uwsgi_command(settings: Settings, host: str, port: int) -> list[str]:

@@ -123,8 +123,8 @@ class Server:
         if self.process.poll() is not None:
             raise AssertionError(f"scai serve exited: {self.log.read_text()}")
         try:
-            return requests.get(f"{self.url}/healthz", timeout=1).ok
-        except requests.ConnectionError:
+            return requests.get(f"{self.url}/healthz", timeout=2).ok
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or still loading the app
             return False
 
     def classify(self, image: Path | bytes, name: str = "photo.jpg", **params: object) -> requests.Response:

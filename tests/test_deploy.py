@@ -100,6 +100,7 @@ class Deployment:
             run_dir=folder / "run",
             log_dir=folder / "log",
             max_upload_mb=1,
+            workers="2",
         )
         self.rendered = folder / "etc"
         render(self.installation, self.rendered)
@@ -222,6 +223,21 @@ def test_rendered_units_pass_systemd_analyze_verify(deployment: Deployment) -> N
         service = unit(deployment.rendered / "systemd" / name)["Service"]
         assert service["Restart"] == "always" and service["NoNewPrivileges"] == "yes"
         assert str(deployment.installation.session_dir) in service["ReadWritePaths"]
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_rendered_sizing_runs_that_many_workers_and_no_harakiri(deployment: Deployment) -> None:
+    ini = (deployment.rendered / "uwsgi" / "scai.ini").read_text()
+    assert "processes = %k" in ini and "threads = 16" in ini
+    assert not [line for line in ini.splitlines() if line.startswith("harakiri")]
+    classify = deployment.processes[1]
+    assert "--workers 2" in unit(deployment.rendered / "systemd" / "scai-classify.service")["Service"]["ExecStart"]
+    workers = wait_for(lambda: len(children(classify.pid)) == 2 and children(classify.pid), 30, "two workers")
+    for pid in workers:
+        assert "--siblings 2" in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
 
 
 def test_render_refuses_an_unknown_user(tmp_path: Path) -> None:

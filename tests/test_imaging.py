@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import IMAGES, needs_assets
+from conftest import CLASSIFY_MODELS, IMAGES, needs_assets
 from images import encode, exif_rotated_jpeg, png_bomb, sixteen_bit_png
 from PIL import Image
 
 from scai import imaging
+from scai.config import CLASSIFICATION, ModelSpec
+from scai.engines import load_classifier
 
 LIMIT = 50_000_000
 
@@ -72,3 +76,55 @@ def test_modes_become_rgb() -> None:
     for mode in ("L", "LA", "RGBA", "P", "1", "I", "F", "CMYK", "YCbCr"):
         image = Image.new(mode, (8, 8))
         assert imaging.to_rgb(image).mode == "RGB", mode
+
+
+def twelve_megapixels(path: Path) -> bytes:
+    """A 4032x3024 camera-sized JPEG made from a shared photo."""
+    return encode(Image.open(path).convert("RGB").resize((4032, 3024), Image.BICUBIC), "JPEG", quality=90)
+
+
+def test_a_large_jpeg_is_drafted_to_twice_the_model_input_and_others_are_not() -> None:
+    photo = encode(Image.new("RGB", (4032, 3024), "teal"), "JPEG")
+    drafted = imaging.load_rgb(photo, LIMIT, fit=(224, 224))
+    assert drafted.size == (1008, 756), "the smallest DCT scale (1/4) still at least 448 a side"
+    assert imaging.load_rgb(photo, LIMIT).size == (4032, 3024)
+    small = encode(Image.new("RGB", (517, 606), "teal"), "JPEG")
+    assert imaging.load_rgb(small, LIMIT, fit=(224, 224)).size == (517, 606), "under 4x the input: whole"
+    png = encode(Image.new("RGB", (2000, 2000), "teal"), "PNG")
+    assert imaging.load_rgb(png, LIMIT, fit=(224, 224)).size == (2000, 2000), "no draft mode outside JPEG"
+
+
+@needs_assets
+def test_a_drafted_photo_keeps_its_exif_orientation() -> None:
+    rotated = exif_rotated_jpeg(IMAGES / "kite_and_cold.jpg")
+    full = imaging.load_rgb(rotated, LIMIT)
+    drafted = imaging.load_rgb(rotated, LIMIT, fit=(224, 224))
+    assert drafted.size == (full.width // 2, full.height // 2)
+    assert imaging.upright_size(rotated, LIMIT) == full.size
+    reduced = np.asarray(full.resize(drafted.size, Image.BILINEAR), dtype=int)
+    assert np.abs(np.asarray(drafted, dtype=int) - reduced).mean() < 8, "drafted upright, like the full decode"
+
+
+@needs_assets
+def test_draft_decoding_keeps_every_reference_top1() -> None:
+    """All 29 shared photos and two 12-megapixel ones: the same top-1 as the full decode that made
+    the shared reference table, on the quantised and the float reference models."""
+    for model, labels in (
+        ("mobilenet_v2_1.0_224_quant", "mobilenet_v2"),
+        ("mobilenet_v1_0.25_224_float", "mobilenet_v1"),
+    ):
+        engine = load_classifier(
+            ModelSpec(
+                "m", CLASSIFICATION, CLASSIFY_MODELS / f"{model}.tflite", CLASSIFY_MODELS / f"{labels}_labels.txt"
+            )
+        )
+        photos = [path.read_bytes() for path in sorted(IMAGES.iterdir()) if path.name != "COPYRIGHT"]
+        photos += [twelve_megapixels(IMAGES / name) for name in ("kite_and_cold.jpg", "grace_hopper.jpg")]
+        drafted = 0
+        for data in photos:
+            full = imaging.load_rgb(data, LIMIT)
+            reduced = imaging.load_rgb(data, LIMIT, fit=engine.input_size)
+            drafted += reduced.size != full.size
+            top = [engine.top(row, 1)[0].label for row in engine.predict([full, reduced])]
+            assert top[0] == top[1], f"{model}: {top}"
+        assert len(photos) == 31 and drafted >= 3, drafted  # the JPEGs of at least 4x the input

@@ -1,0 +1,136 @@
+"""``scai serve`` as production serving: uwsgi, worker processes sized and supervised, workers that
+import only what their models need, and decoding only the pixels a model needs."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import DETECT_MODELS, IMAGES, Server, needs_assets, wait_for, write_usr
+from PIL import Image
+
+from scai import imaging
+from scai.config import CLASSIFICATION, DETECTION, ModelSpec, Settings
+from scai.sessions import SessionStore
+from scai.tasks import DetectionTask, Item
+from scai.worker import Worker
+
+pytestmark = needs_assets
+
+
+def watching(log: Path) -> set[str]:
+    """Pids of the workers that have started serving, from the log."""
+    return set(re.findall(r"scai\.worker\[(\d+)\] INFO watching", log.read_text()))
+
+
+def twelve_megapixels(name: str = "grace_hopper.jpg") -> bytes:
+    buffer = io.BytesIO()
+    Image.open(IMAGES / name).convert("RGB").resize((4032, 3024), Image.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_a_killed_worker_is_restarted_and_serves_again(tmp_path: Path, usr: Path) -> None:
+    log = tmp_path / "serve.log"
+    server = Server(tmp_path / "session", usr, log, "--workers", "2")
+    try:
+        first = wait_for(lambda: len(watching(log)) == 2 and watching(log), 30, "two workers")
+        uwsgi = [p for p in os.listdir("/proc") if p.isdigit() and b"uwsgi" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert uwsgi, "the portal runs under uwsgi"
+        victim = sorted(first)[0]
+        os.kill(int(victim), signal.SIGKILL)
+        wait_for(lambda: "was killed by SIGKILL" in log.read_text(), 10, "the supervisor to notice")
+        wait_for(lambda: len(watching(log) - first) == 1, 30, "a new worker")
+        assert "restarting it in 1 s" in log.read_text()
+        for _ in range(4):  # both workers, the new one included, take work
+            response = server.classify(IMAGES / "parrot.jpg", model="mobilenet_v2")
+            assert response.status_code == 200 and response.json()["predictions"][0]["label"] == "macaw"
+    finally:
+        server.stop()
+    assert not [p for p in watching(log) if Path(f"/proc/{p}").exists()], "every worker stopped with serve"
+
+
+def test_a_worker_that_cannot_start_is_not_restarted(tmp_path: Path) -> None:
+    usr = tmp_path / "usr"
+    usr.mkdir()
+    (usr / "image_classification.config").write_text(f"[default]\nGRAPH = {tmp_path / 'missing.tflite'}\n")
+    log = tmp_path / "serve.log"
+    server = Server(tmp_path / "session", usr, log, "--workers", "1")
+    try:
+        wait_for(lambda: "not restarting it" in log.read_text(), 30, "the supervisor to give up")
+        assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200, "the portal stays up"
+        assert log.read_text().count("cannot start") == 1
+    finally:
+        server.stop()
+
+
+def test_a_tflite_detection_worker_never_loads_tensorflow(tmp_path: Path) -> None:
+    usr = tmp_path / "usr"
+    usr.mkdir()
+    (usr / "object_detection.config").write_text(
+        f"[default]\nPATH_TO_CKPT = {DETECT_MODELS / 'ssd_mobilenet_v1_coco_quant.tflite'}\n"
+        f"PATH_TO_LABELS = {DETECT_MODELS / 'coco_labels.txt'}\n"
+    )
+    log = tmp_path / "serve.log"
+    server = Server(tmp_path / "session", usr, log, "--workers", "1")
+    try:
+        (pid,) = wait_for(lambda: watching(log), 30, "the detection worker")
+        response = requests.post(
+            f"{server.url}/api/v1/detect?wait=30", files={"photo": ("p.jpg", twelve_megapixels())}, timeout=60
+        )
+        assert response.status_code == 200 and response.json()["detections"][0]["label"] == "person"
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "tensorflow" not in maps.replace("tensorflow_lite", ""), "full TensorFlow is mapped"
+        assert "ai_edge_litert" in maps
+    finally:
+        server.stop()
+
+
+def coco_ssd() -> ModelSpec:
+    return ModelSpec(
+        "coco", DETECTION, DETECT_MODELS / "ssd_mobilenet_v1_coco_quant.tflite", DETECT_MODELS / "coco_labels.txt"
+    )
+
+
+def distance(a: dict, b: dict) -> float:
+    return max(abs(a["box_normalized"][k] - b["box_normalized"][k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+
+
+def test_drafted_detection_keeps_the_boxes_and_draws_at_the_upload_size(tmp_path: Path) -> None:
+    task = DetectionTask(Settings(session_dir=tmp_path / "s", usr_dir=tmp_path))
+    engine = task.load(coco_ssd())
+    source = tmp_path / "input.jpg"
+    for name in ("kite_and_cold.jpg", "grace_hopper.jpg", "coco_000000000431.jpg", "g3doc_dogs.jpg"):
+        source.write_bytes(twelve_megapixels(name))
+        results = {}
+        for fit in (None, engine.input_size[::-1]):
+            image = imaging.load_rgb(source, 50_000_000, fit)
+            results[fit is None] = task.run(engine, [Item(image, tmp_path, {}, source)])[0]
+            assert Image.open(tmp_path / "output.png").size == (4032, 3024)
+        full, drafted = results[True]["detections"], results[False]["detections"]
+        assert full, name
+        # Each clear detection (a margin above the 0.5 threshold) of one decode has its twin in the
+        # other; close scores may swap places, and one just at the threshold may come or go.
+        for ours, theirs in ((full, drafted), (drafted, full)):
+            for a in (d for d in ours if d["score"] >= 0.6):
+                assert any(a["label"] == b["label"] and distance(a, b) <= 0.02 for b in theirs), (name, a, theirs)
+        assert results[False]["image_size"] == {"width": 4032, "height": 4032 * 3 // 4}
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_draft_decoding_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    monkeypatch.setenv("SCAI_DRAFT_DECODE", setting)
+    settings = Settings(session_dir=tmp_path / "session", usr_dir=write_usr(tmp_path / "usr"))
+    store = SessionStore(settings.session_dir)
+    session_id, _ = store.create(CLASSIFICATION, "default", twelve_megapixels(), "jpg", "big.jpg")
+    worker = Worker(settings, CLASSIFICATION)
+    (claim,) = [store.claim(CLASSIFICATION, session_id)]
+    state = store.state(session_id)
+    item = worker._decode(worker.engine("default"), claim, state)
+    assert item.image.size == ((1008, 756) if setting == "1" else (4032, 3024))
+    worker._infer(worker.engine("default"), "default", [(claim, state, item)], lone=True)
+    assert store.state(session_id)["state"] == "complete"
