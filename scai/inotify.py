@@ -16,7 +16,7 @@ import struct
 import threading
 from pathlib import Path
 
-IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_IGNORED = 0x08, 0x80, 0x100, 0x8000
+IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_DELETE_SELF, IN_IGNORED = 0x08, 0x80, 0x100, 0x400, 0x8000
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 #: A file created, written and closed, or renamed in: every way a session's files change.
 CHANGES = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
@@ -94,11 +94,14 @@ class FolderWatch:
 class SessionWaits:
     """One inotify descriptor per process, shared by every request waiting on a session folder.
 
-    A thread reads the events and wakes the waiters of the folder they concern. Watches are
-    counted, so two requests waiting on one session share it and the last one removes it.
+    A thread reads the events and wakes the waiters of the folder they concern, when ``name`` is
+    renamed into it (how a worker replaces a session's state) or the folder is deleted; a worker's
+    temporary files and images wake nobody. Watches are counted, so two requests waiting on one
+    session share it and the last one removes it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.fd = _new_descriptor()
         self.lock = threading.Lock()
         self.waiters: dict[int, set[threading.Event]] = {}
@@ -108,7 +111,7 @@ class SessionWaits:
         """Start watching ``folder``; the event is set on each change until ``unwatch``."""
         event = threading.Event()
         with self.lock:
-            wd = _add_watch(self.fd, folder, CHANGES)
+            wd = _add_watch(self.fd, folder, IN_MOVED_TO | IN_DELETE_SELF)
             self.waiters.setdefault(wd, set()).add(event)
         return wd, event
 
@@ -127,21 +130,22 @@ class SessionWaits:
             select.select([self.fd], [], [])
             events = read_events(self.fd)
             with self.lock:
-                for wd, mask, _ in events:
+                for wd, mask, name in events:
+                    if name != self.name and not mask & IN_IGNORED:
+                        continue
                     for event in self.waiters.get(wd, ()):
                         event.set()
                     if mask & IN_IGNORED:  # the folder is gone: the kernel dropped the watch
                         self.waiters.pop(wd, None)
 
 
-_shared: tuple[int, SessionWaits] | None = None
+_shared: dict[str, tuple[int, SessionWaits]] = {}
 _shared_lock = threading.Lock()
 
 
-def session_waits() -> SessionWaits:
-    """This process's ``SessionWaits``, made on first use (after uwsgi has forked the process)."""
-    global _shared
+def session_waits(name: str) -> SessionWaits:
+    """This process's ``SessionWaits`` for ``name``, made on first use (after uwsgi has forked)."""
     with _shared_lock:
-        if _shared is None or _shared[0] != os.getpid():
-            _shared = (os.getpid(), SessionWaits())
-        return _shared[1]
+        if name not in _shared or _shared[name][0] != os.getpid():
+            _shared[name] = (os.getpid(), SessionWaits(name))
+        return _shared[name][1]

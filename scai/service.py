@@ -35,7 +35,7 @@ def uwsgi_command(settings: Settings, host: str, port: int) -> list[str]:
         "--master", "--need-app", "--die-on-term", "--enable-threads",
         "--processes", str(config.cpu_count()), "--threads", str(PORTAL_THREADS),
         "--chdir", str(ROOT), "--virtualenv", sys.prefix, "--module", "run:application",
-        "--post-buffering", "65536", "--buffer-size", "32768", "--wsgi-disable-file-wrapper",
+        "--buffer-size", "32768", "--wsgi-disable-file-wrapper",
         "--disable-logging", "--log-4xx", "--log-5xx", "--ignore-sigpipe", "--ignore-write-errors",
         "--disable-write-exception",
     ]  # fmt: skip

@@ -8,10 +8,11 @@ Layout under the session root::
     <root>/pool/<job>/<id>           a pending marker: "this session waits for a worker"
     <root>/pool/<job>/.claimed/<id>  a marker a worker has taken
 
-``process.json`` is written to a temporary name and renamed into place, so a reader never sees
-half of it; the upload needs no rename, because nothing reads it before ``process.json`` and the
-marker exist. A worker does not rewrite ``process.json`` when it starts on a session: the claimed
-marker already says so, and ``state`` reports such a session as ``processing``.
+A worker writes ``process.json`` to a temporary name and renames it into place, so a reader never
+sees half of it. The portal writes a new session's files in place: nobody reads them before the
+marker exists (every file operation counts: on an ext4 disk each costs about 0.1 ms). A worker does not
+rewrite ``process.json`` when it starts on a session: the claimed marker already says so, and
+``state`` reports such a session as ``processing``.
 
 A worker claims a marker by locking it (``flock``) and renaming it into ``.claimed``; the
 lock lives exactly as long as the worker's process, so a marker whose lock can be taken belongs to
@@ -91,8 +92,18 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write(path, json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    atomic_write(path, json_bytes(value))
+
+
+def write_json(path: Path, value: Any) -> None:
+    """A new file, written in place (each rename costs a journal write on ext4)."""
+    with open(path, "xb") as handle:
+        handle.write(json_bytes(value))
 
 
 @dataclass
@@ -137,7 +148,7 @@ class SessionStore:
         input_name = f"input.{ext}"
         (folder / input_name).write_bytes(image)
         stamp = now_iso()
-        atomic_write_json(
+        write_json(  # a new folder: nobody reads it before the marker exists, so no rename needed
             folder / PROCESS_FILE,
             {
                 "state": INITIALIZATION,
@@ -307,7 +318,7 @@ def wait_until_final(
     state = store.state(session_id)
     if settled(state) or timeout <= 0:
         return state
-    waits = session_waits()
+    waits = session_waits(PROCESS_FILE)
     try:
         wd, changed = waits.watch(store.path(session_id))
     except FileNotFoundError:

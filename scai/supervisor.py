@@ -10,6 +10,7 @@ worker's claims go back to the pool at the next rescan of any worker (see ``sess
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -39,6 +40,15 @@ class Child:
     given_up: bool = False
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL, so that no
+    worker outlives it and keeps serving a pool nobody supervises."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def describe(status: int) -> str:
     if status < 0:
         name = signal.Signals(-status).name
@@ -61,7 +71,7 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         env = {**os.environ, **child.env} if child.env else None
-        child.process = subprocess.Popen(child.command, stdin=subprocess.DEVNULL, env=env)
+        child.process = subprocess.Popen(child.command, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
         child.restart_at = None
         log.debug("started %s (pid %d)", child.name, child.process.pid)
 

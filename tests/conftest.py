@@ -117,7 +117,11 @@ class Server:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-        wait_for(self._healthy, 60, f"scai serve on port {self.port} (log: {log})")
+        try:
+            wait_for(self._healthy, 60, f"scai serve on port {self.port} (log: {log})")
+        except BaseException:
+            self.stop()
+            raise
 
     def _healthy(self) -> bool:
         if self.process.poll() is not None:

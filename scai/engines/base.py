@@ -73,6 +73,7 @@ class Classifier(ABC):
         self.std = spec.input_std if spec.input_std is not None else DEFAULT_STD
         self.activation = spec.options.get("output_activation", "auto").lower()
         self._labels = read_labels(spec.labels) if spec.labels else None
+        self._aligned: list[str] | None = None
 
     @abstractmethod
     def run(self, pixels: np.ndarray) -> np.ndarray:
@@ -86,7 +87,13 @@ class Classifier(ABC):
         return None
 
     def labels(self, classes: int) -> list[str]:
-        """Labels lined up with the output: a list with a leading background entry is shifted."""
+        """Labels lined up with the output: a list with a leading background entry is shifted.
+        Worked out once per model (a .tflite's own labels are read from its zip archive)."""
+        if self._aligned is None or len(self._aligned) != classes:
+            self._aligned = self._align(classes)
+        return self._aligned
+
+    def _align(self, classes: int) -> list[str]:
         labels = self._labels or self.embedded_labels()
         if not labels:
             return [f"class {i}" for i in range(classes)]
