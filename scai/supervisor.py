@@ -96,7 +96,7 @@ class Supervisor:
                       child.name, pid, status)  # fmt: skip
         elif len(child.failures) >= self.burst:
             child.given_up = True
-            log.error("%s (pid %d) %s, its %d. failure in %.0f s: not restarting it",
+            log.error("%s (pid %d) %s; %d failures in %.0f s: not restarting it",
                       child.name, pid, describe(status), len(child.failures), self.window)  # fmt: skip
         else:
             delay = min(MAX_DELAY, 2.0 ** (len(child.failures) - 1))

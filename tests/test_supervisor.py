@@ -1,0 +1,56 @@
+"""The supervisor on plain child processes: restart with a log line, give up where restarting
+cannot help, stop everything on request. No models needed."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+from conftest import wait_for
+
+from scai.supervisor import EXIT_CONFIG, Child, Supervisor
+
+
+def child(name: str, code: str) -> Child:
+    return Child(name, [sys.executable, "-c", code])
+
+
+def test_a_child_that_dies_is_restarted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    supervisor = Supervisor([child("sleeper", "import time; time.sleep(60)")])
+    supervisor.start()
+    try:
+        first = supervisor.children[0].process
+        first.kill()
+        caplog.set_level(logging.WARNING, "scai.supervisor")
+        wait_for(lambda: supervisor.check() or "killed by SIGKILL" in caplog.text, 10, "the death to be logged")
+        assert "restarting it in 1 s" in caplog.text
+        wait_for(lambda: supervisor.check() or supervisor.alive(), 10, "the restart")
+        assert supervisor.children[0].process.pid != first.pid
+    finally:
+        supervisor.stop(timeout=5)
+    assert not supervisor.alive()
+
+
+def test_a_configuration_error_is_not_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, "scai.supervisor")
+    supervisor = Supervisor([child("broken", f"raise SystemExit({EXIT_CONFIG})")])
+    supervisor.start()
+    wait_for(lambda: supervisor.check() or supervisor.children[0].given_up, 10, "the supervisor to give up")
+    assert "not restarting it" in caplog.text and supervisor.children[0].restart_at is None
+
+
+def test_too_many_failures_in_the_window_stop_the_restarts(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, "scai.supervisor")
+    supervisor = Supervisor([child("crasher", "raise SystemExit(1)")], burst=1, window=60)
+    supervisor.start()
+    wait_for(lambda: supervisor.check() or supervisor.children[0].given_up, 10, "the supervisor to give up")
+    assert "exited with status 1; 1 failures in 60 s: not restarting it" in caplog.text
+
+
+def test_stop_terminates_every_child() -> None:
+    supervisor = Supervisor([child(f"sleeper {i}", "import time; time.sleep(60)") for i in range(3)])
+    supervisor.start()
+    processes = [c.process for c in supervisor.children]
+    supervisor.stop(timeout=5)
+    assert all(p.poll() is not None for p in processes)
