@@ -85,7 +85,7 @@ class Worker:
 
     def claim_limit(self) -> int:
         """How many sessions to take at once: a batch only where a loaded model gains from one."""
-        batching = any(getattr(engine, "batch_size", 1) > 1 for _, engine in self.engines.values())
+        batching = any(getattr(engine, "batches", False) for _, engine in self.engines.values())
         return self.settings.batch_size if batching else 1
 
     # -- processing -----------------------------------------------------------------------------

@@ -184,9 +184,15 @@ def test_job_mode_runs_one_process_per_upload(tmp_path: Path, usr: Path) -> None
             response = jobs.classify(IMAGES / image, model="mobilenet_v2")
             assert response.status_code == 200, response.text
             assert response.json()["predictions"][0]["label"] == label
-        log = (tmp_path / "serve.log").read_text()
-        assert "watching" not in log, "job mode must not start a runtime worker"
-        assert len(set(re.findall(r"scai\.worker\[(\d+)\] INFO complete", log))) == 2, log
+        log = tmp_path / "serve.log"
+        pids = wait_for(  # a worker logs after writing the result the portal answered with
+            lambda: (
+                len(found := set(re.findall(r"scai\.worker\[(\d+)\] INFO complete", log.read_text()))) == 2 and found
+            ),
+            10,
+            "two job processes to log their sessions",
+        )
+        assert len(pids) == 2 and "watching" not in log.read_text(), "job mode must not start a runtime worker"
     finally:
         jobs.stop()
 

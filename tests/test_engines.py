@@ -166,3 +166,17 @@ def test_frozen_graph_needs_its_tensor_names(small_network: dict) -> None:
         load_classifier(
             spec(folder / "frozen.pb", input_layer=small_network["frozen_io"][0], output_layer="final_result")
         )
+
+
+@needs_assets
+def test_a_batch_runs_in_one_call_where_the_model_takes_one() -> None:
+    from scai.engines.tflite import BATCH, make_interpreter
+
+    quantised = load_classifier(spec(CLASSIFY_MODELS / "mobilenet_v2_1.0_224_quant.tflite"))
+    assert not quantised.batches, "XNNPACK cannot resize the quantised models: one at a time"
+    engine = load_classifier(spec(CLASSIFY_MODELS / "mobilenet_v1_0.25_224_float.tflite"))
+    names = ["parrot.jpg", "burger.jpg", "bird.bmp", "fox_original.jpg", "pets.jpg", "owl.jpg"]
+    pixels = engine.prepare([photo(name) for name in names])
+    one_by_one = np.concatenate([engine.run(pixels[i : i + 1]) for i in range(len(names))])
+    engine.batch = make_interpreter(engine.spec.path, 1, BATCH)  # as if the probe had found it faster
+    assert np.allclose(engine.run(pixels), one_by_one, atol=1e-5), "a batch of 4, then 2 one by one"

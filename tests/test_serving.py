@@ -17,7 +17,7 @@ from PIL import Image
 from scai import imaging
 from scai.config import CLASSIFICATION, DETECTION, ModelSpec, Settings
 from scai.sessions import SessionStore
-from scai.tasks import DetectionTask, Item
+from scai.tasks import DetectionTask, Item, annotated_png
 from scai.worker import Worker
 
 pytestmark = needs_assets
@@ -110,7 +110,8 @@ def test_drafted_detection_keeps_the_boxes_and_draws_at_the_upload_size(tmp_path
         for fit in (None, engine.input_size[::-1]):
             image = imaging.load_rgb(source, 50_000_000, fit)
             results[fit is None] = task.run(engine, [Item(image, tmp_path, {}, source)])[0]
-            assert Image.open(tmp_path / "output.png").size == (4032, 3024)
+        png = annotated_png(results[False], source, 50_000_000)
+        assert Image.open(io.BytesIO(png)).size == (4032, 3024), "drawn on the upload at its own size"
         full, drafted = results[True]["detections"], results[False]["detections"]
         assert full, name
         # Each clear detection (a margin above the 0.5 threshold) of one decode has its twin in the

@@ -66,6 +66,9 @@ class Classifier(ABC):
 
     #: (height, width) the model takes; set by each engine from the model or the config.
     input_size: tuple[int, int]
+    #: Whether a batch of images runs faster in one call than one by one (then a worker claims
+    #: up to ``batch_size`` sessions at once); engines that know set it.
+    batches = False
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

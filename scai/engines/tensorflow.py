@@ -73,6 +73,8 @@ def load_saved_model(spec: ModelSpec) -> Any:
 class SavedModelClassifier(Classifier):
     """A SavedModel directory, run through its ``serving_default`` signature."""
 
+    batches = True  # a whole batch goes through TensorFlow in one call
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         self.tf = import_tensorflow()
@@ -94,6 +96,8 @@ class SavedModelClassifier(Classifier):
 class KerasClassifier(Classifier):
     """A Keras model saved as ``.keras`` or legacy ``.h5``."""
 
+    batches = True  # a whole batch goes through TensorFlow in one call
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         import_tensorflow()
@@ -108,6 +112,8 @@ class KerasClassifier(Classifier):
 
 class GraphDefClassifier(Classifier):
     """A frozen TF1 graph with named input and output tensors, as ``retrain.py`` made them."""
+
+    batches = True  # a whole batch goes through TensorFlow in one call
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)

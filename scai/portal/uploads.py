@@ -9,7 +9,8 @@ from werkzeug.utils import secure_filename
 
 from scai import config, imaging
 from scai.config import DETECTION, ConfigError, Settings
-from scai.sessions import SessionNotFound, SessionStore, is_session_id, key_matches
+from scai.sessions import SessionNotFound, SessionStore, atomic_write, is_session_id, key_matches
+from scai.tasks import annotated_png
 
 #: Multipart fields an image may arrive in: ``photo`` (original clients) or ``image``.
 UPLOAD_FIELDS = ("photo", "image")
@@ -112,7 +113,16 @@ def send_session_file(session_id: str, name: str) -> Response:
 
 
 def send_result_image(session_id: str, state: dict[str, Any]) -> Response:
-    """The annotated image once the worker wrote it: 404 before, and for jobs that make none."""
+    """The annotated image once the session is complete (404 before, and for jobs that make
+    none), drawn on first request and kept in the session for the next."""
     if not state.get("result_image"):
         abort(404, f"no result image (the session is {state.get('state')})")
+    folder = store().path(session_id)
+    path = folder / state["result_image"]
+    if not path.is_file():
+        try:
+            png = annotated_png(state, folder / state["input"], settings().max_pixels)
+            atomic_write(path, png)
+        except (FileNotFoundError, imaging.InvalidImage):
+            abort(404, "that file of the session is gone")
     return send_session_file(session_id, state["result_image"])
