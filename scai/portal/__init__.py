@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, jsonify
+import io
+from typing import IO
+
+from flask import Flask, Request, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from scai.config import ROOT, Settings
+
+
+class UploadRequest(Request):
+    """Uploads stay in memory: the portal reads each one whole anyway (to check it and store it
+    in the session), and the body is bounded by MAX_CONTENT_LENGTH. Werkzeug would spool a file
+    over 500 KB to a temporary file on disk first, one more write and read of every camera photo."""
+
+    def _get_file_stream(self, *_: object, **__: object) -> IO[bytes]:
+        return io.BytesIO()
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -14,6 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings.session_dir.mkdir(parents=True, exist_ok=True)
     app = Flask("scai", template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.request_class = UploadRequest
     app.json.sort_keys = False  # keep top-k results in score order
     app.extensions["scai"] = settings
 
