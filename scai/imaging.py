@@ -11,11 +11,6 @@ a full decode would be. On a 12-megapixel photo that is about 20 ms instead of 1
 once: resized from just above the input size, two of the 29 shared photos change their top-1
 label (the resize's anti-aliasing sees fewer source pixels); from twice, none does
 (tests/test_imaging.py). Other formats have no such mode and decode whole.
-
-A JPEG decoded whole goes through OpenCV's libjpeg-turbo rather than Pillow's: the same pixels
-(tested on every shared JPEG), 25% sooner, because Pillow feeds its decoder in small chunks. A file
-that does not end where a JPEG ends (truncated), or is rotated by EXIF, or is not plain 8-bit colour
-takes Pillow's path, which reports a truncated file and handles every mode.
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -82,44 +76,24 @@ TRANSPOSED = (5, 6, 7, 8)
 ORIENTATION_TAG = 0x0112
 
 
-JPEG_END = b"\xff\xd9"
-
-
 def load_rgb(source: bytes | Path, max_pixels: int, fit: tuple[int, int] | None = None) -> Image.Image:
     """Decode into 8-bit RGB, upright as the camera meant it; raises ``InvalidImage``.
 
     With ``fit`` (the width and height a model takes), a large JPEG is decoded in draft mode at
     the smallest scale still covering ``DRAFT_MARGIN`` times ``fit``; without it, at full size.
     """
-    data = source.read_bytes() if isinstance(source, Path) else source
-    image = _open(data, max_pixels)
+    image = _open(source, max_pixels)
     try:
-        if image.format == "JPEG":  # a JPEG's EXIF comes before its pixels
-            orientation, size = image.getexif().get(ORIENTATION_TAG, 1), image.size
-            if fit is not None:
-                width, height = (DRAFT_MARGIN * side for side in (fit[::-1] if orientation in TRANSPOSED else fit))
-                image.draft("RGB", (width, height))
-            whole = image.size == size and orientation in (None, 1)
-            fast = _whole_jpeg(data, image) if whole else None
-            if fast is not None:
-                return fast
+        if fit is not None and image.format == "JPEG":  # a JPEG's EXIF comes before its pixels
+            transposed = image.getexif().get(ORIENTATION_TAG, 1) in TRANSPOSED
+            width, height = (DRAFT_MARGIN * side for side in (fit[::-1] if transposed else fit))
+            image.draft("RGB", (width, height))
         image.load()
         if image.getexif().get(ORIENTATION_TAG, 1) not in (None, 1):  # exif_transpose copies even an upright image
             image = ImageOps.exif_transpose(image)
         return to_rgb(image)
     except (OSError, SyntaxError, ValueError) as error:
         raise InvalidImage(f"the image cannot be decoded: {error}") from None
-
-
-def _whole_jpeg(data: bytes, header: Image.Image) -> Image.Image | None:
-    """A plain colour JPEG that ends as a JPEG ends, decoded whole by OpenCV; None where
-    Pillow's path must take it."""
-    if header.mode != "RGB" or not data.rstrip(b"\0\r\n ").endswith(JPEG_END):
-        return None
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
-    if pixels is None or pixels.shape != (header.height, header.width, 3):
-        return None
-    return Image.frombuffer("RGB", header.size, pixels, "raw", "RGB", 0, 1)
 
 
 def upright_size(source: bytes | Path, max_pixels: int) -> tuple[int, int]:

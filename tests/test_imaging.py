@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -129,19 +128,3 @@ def test_draft_decoding_keeps_every_reference_top1() -> None:
             top = [engine.top(row, 1)[0].label for row in engine.predict([full, reduced])]
             assert top[0] == top[1], f"{model}: {top}"
         assert len(photos) == 31 and drafted >= 3, drafted  # the JPEGs of at least 4x the input
-
-
-@needs_assets
-def test_a_whole_jpeg_decodes_to_the_same_pixels_as_pillow() -> None:
-    """The faster decoder must not move a single pixel: every shared JPEG, and baseline,
-    progressive and 4:4:4 encodings of one."""
-    original = Image.open(IMAGES / "parrot.jpg").convert("RGB")
-    encodings = [path.read_bytes() for path in sorted(IMAGES.glob("*.jpg"))]
-    encodings += [encode(original, "JPEG", quality=90, progressive=True), encode(original, "JPEG", subsampling=0)]
-    for data in encodings:
-        assert imaging._whole_jpeg(data, Image.open(io.BytesIO(data))) is not None, "took the fast path"
-        reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        assert np.array_equal(np.asarray(imaging.load_rgb(data, LIMIT)), reference)
-    grey = encode(original.convert("L"), "JPEG")
-    assert imaging._whole_jpeg(grey, Image.open(io.BytesIO(grey))) is None, "other modes take Pillow's path"
-    assert imaging.load_rgb(grey, LIMIT).mode == "RGB"
