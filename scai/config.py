@@ -24,6 +24,18 @@ JOB_ALIASES = {"classify": CLASSIFICATION, "detect": DETECTION}
 DEFAULT_MODEL = "default"
 #: Threads of each portal (uwsgi) process: a request that waits for its result (wait=) holds one.
 PORTAL_THREADS = 16
+#: Connections the kernel queues for the portal while every thread is busy (uwsgi's default, 100,
+#: refuses the 101st client of a burst).
+LISTEN_BACKLOG = 1024
+
+
+def listen_backlog() -> int:
+    """``LISTEN_BACKLOG``, or the kernel's limit where that is lower (uwsgi refuses to start
+    with a queue over net.core.somaxconn)."""
+    try:
+        return min(LISTEN_BACKLOG, int(Path("/proc/sys/net/core/somaxconn").read_text()))
+    except (OSError, ValueError):
+        return 128
 
 
 class ConfigError(Exception):

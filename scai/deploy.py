@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from scai.config import JOB_ALIASES, PORTAL_THREADS, ROOT, ConfigError, parse_count
+from scai.config import JOB_ALIASES, PORTAL_THREADS, ROOT, ConfigError, listen_backlog, parse_count
 
 DEPLOY = ROOT / "deploy"
 #: template in deploy/ -> file written under --out (and the extra marks it gets)
@@ -73,6 +73,7 @@ class Installation:
             "WORKERS": str(self.workers),
             "PORTAL_PROCESSES": "%k" if self.portal_processes == "auto" else str(self.portal_processes),
             "PORTAL_THREADS": str(PORTAL_THREADS),
+            "LISTEN_BACKLOG": str(listen_backlog()),
         }
 
 
