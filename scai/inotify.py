@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_DELETE_SELF, IN_IGNORED = 0x08, 0x80, 0x100, 0x400, 0x8000
+IN_Q_OVERFLOW = 0x4000
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 #: A file created, written and closed, or renamed in: every way a session's files change.
 CHANGES = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
@@ -61,6 +62,8 @@ class FolderWatch:
     """Names of the files created, written or renamed into one folder; for a worker's pool."""
 
     def __init__(self, folder: Path, mask: int = CHANGES) -> None:
+        #: Set when the kernel's event queue overflowed: names were lost, the folder needs a rescan.
+        self.overflowed = False
         self.fd = _new_descriptor()
         try:
             _add_watch(self.fd, folder, mask)
@@ -72,7 +75,11 @@ class FolderWatch:
         """Names changed within ``timeout`` seconds (all queued ones, at once when some are);
         a readable descriptor in ``also`` ends the wait early (a stop request)."""
         ready, _, _ = select.select([self.fd, *also], [], [], max(timeout, 0))
-        return [name for _, mask, name in read_events(self.fd) if name and not mask & IN_IGNORED] if ready else []
+        if not ready:
+            return []
+        events = read_events(self.fd)
+        self.overflowed = self.overflowed or any(mask & IN_Q_OVERFLOW for _, mask, _ in events)
+        return [name for _, mask, name in events if name and not mask & IN_IGNORED]
 
     def wait(self, timeout: float) -> bool:
         """True if something changed within ``timeout`` seconds (events are drained)."""
@@ -131,6 +138,11 @@ class SessionWaits:
             events = read_events(self.fd)
             with self.lock:
                 for wd, mask, name in events:
+                    if mask & IN_Q_OVERFLOW:  # events were lost: every waiter looks again
+                        for waiting in self.waiters.values():
+                            for event in waiting:
+                                event.set()
+                        continue
                     if name != self.name and not mask & IN_IGNORED:
                         continue
                     for event in self.waiters.get(wd, ()):

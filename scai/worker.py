@@ -208,7 +208,8 @@ class Worker:
             next_rescan = 0.0
             while not self.stopping.is_set():
                 now = time.monotonic()
-                if now >= next_rescan:
+                if now >= next_rescan or watch.overflowed:  # an overflow lost names: list the pool
+                    watch.overflowed = False
                     self.rescan()
                     next_rescan = now + self.settings.rescan_seconds
                 wait = 0 if self.candidates else next_rescan - now

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import io
-from typing import IO
-
 from flask import Flask, Request, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from scai.config import ROOT, Settings
+from scai.portal.multipart import UploadFormParser
 
 
 class UploadRequest(Request):
-    """Uploads stay in memory: the portal reads each one whole anyway (to check it and store it
-    in the session), and the body is bounded by MAX_CONTENT_LENGTH. Werkzeug would spool a file
-    over 500 KB to a temporary file on disk first, one more write and read of every camera photo."""
+    """Multipart bodies parsed by python-multipart (see ``multipart``), and uploads kept in
+    memory: the portal reads each one whole anyway, and the body is bounded by MAX_CONTENT_LENGTH.
+    (Werkzeug would spool a file over 500 KB to a temporary file on disk first.)"""
 
-    def _get_file_stream(self, *_: object, **__: object) -> IO[bytes]:
-        return io.BytesIO()
+    form_data_parser_class = UploadFormParser
 
 
 def create_app(settings: Settings | None = None) -> Flask:
