@@ -207,20 +207,27 @@ def spec_from_section(name: str, job: str, section: configparser.SectionProxy, b
     )
 
 
-#: (config file) -> (its modification stamp, its sections): every upload asks which models exist.
-_parsed: dict[Path, tuple[tuple[int, int], dict[str, ModelSpec]]] = {}
+#: (config file) -> (its stamp, its sections): every upload asks which models exist.
+_parsed: dict[Path, tuple[tuple[int, ...], dict[str, ModelSpec]]] = {}
+
+
+def file_stamp(path: Path) -> tuple[int, ...] | None:
+    """What changes whenever a file is written or replaced (None: there is no such file)."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def load_models(usr_dir: Path, job: str) -> dict[str, ModelSpec]:
     """All model sections of one job kind, by name; an absent file means no models.
 
-    Parsed again only when the file changes (its mtime or size), not on every request.
+    Parsed again only when the file changes (``file_stamp``), not on every request.
     """
     path = Path(usr_dir) / f"{job}.config"
-    try:
-        status = path.stat()
-        stamp = (status.st_mtime_ns, status.st_size)
-    except FileNotFoundError:
+    stamp = file_stamp(path)
+    if stamp is None:
         return {}
     cached = _parsed.get(path)
     if cached is None or cached[0] != stamp:

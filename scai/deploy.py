@@ -71,7 +71,7 @@ class Installation:
             "CONFIG_DIR": str(config_dir.resolve()),
             "RUNTIME_DIRECTORY": runtime,
             "WORKERS": str(self.workers),
-            "PORTAL_PROCESSES": "%k" if self.portal_processes == "auto" else str(self.portal_processes),
+            "PORTAL_PROCESSES": str(parse_count(self.portal_processes, "--portal-processes") or "%k"),
             "PORTAL_THREADS": str(PORTAL_THREADS),
             "LISTEN_BACKLOG": str(listen_backlog()),
         }

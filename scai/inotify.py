@@ -14,10 +14,11 @@ import os
 import select
 import struct
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_DELETE_SELF, IN_IGNORED = 0x08, 0x80, 0x100, 0x400, 0x8000
-IN_Q_OVERFLOW = 0x4000
+IN_Q_OVERFLOW, IN_MOVED_FROM, IN_DELETE = 0x4000, 0x40, 0x200
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 #: A file created, written and closed, or renamed in: every way a session's files change.
 CHANGES = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
@@ -99,36 +100,37 @@ class FolderWatch:
 
 
 class SessionWaits:
-    """One inotify descriptor per process, shared by every request waiting on a session folder.
+    """One inotify descriptor per process, shared by every request waiting on a session.
 
-    A thread reads the events and wakes the waiters of the folder they concern, when ``name`` is
-    renamed into it (how a worker replaces a session's state) or the folder is deleted; a worker's
-    temporary files and images wake nobody. Watches are counted, so two requests waiting on one
-    session share it and the last one removes it.
+    A waiter names a folder and a file in it; a thread reads the events and wakes the waiters of
+    that name in that folder (a worker renaming a session's ``process.json`` into place, or its
+    claim marker in or out of the claimed folder), and every waiter of a folder that is deleted.
+    Other files wake nobody. Watches are counted: the last waiter of a folder removes its watch.
     """
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.fd = _new_descriptor()
         self.lock = threading.Lock()
-        self.waiters: dict[int, set[threading.Event]] = {}
+        self.waiters: dict[int, dict[str, set[threading.Event]]] = {}
         threading.Thread(target=self._dispatch, name="scai-session-waits", daemon=True).start()
 
-    def watch(self, folder: Path) -> tuple[int, threading.Event]:
-        """Start watching ``folder``; the event is set on each change until ``unwatch``."""
-        event = threading.Event()
+    def watch(self, folder: Path, name: str, mask: int, event: threading.Event) -> int:
+        """Set ``event`` on each change of ``name`` in ``folder`` until ``unwatch``; a folder is
+        always watched with the same ``mask`` (a new mask replaces the old one)."""
         with self.lock:
-            wd = _add_watch(self.fd, folder, IN_MOVED_TO | IN_DELETE_SELF)
-            self.waiters.setdefault(wd, set()).add(event)
-        return wd, event
+            wd = _add_watch(self.fd, folder, mask | IN_DELETE_SELF)
+            self.waiters.setdefault(wd, {}).setdefault(name, set()).add(event)
+        return wd
 
-    def unwatch(self, wd: int, event: threading.Event) -> None:
+    def unwatch(self, wd: int, name: str, event: threading.Event) -> None:
         with self.lock:
-            waiting = self.waiters.get(wd)
-            if waiting is None:
+            names = self.waiters.get(wd)
+            if names is None:
                 return
-            waiting.discard(event)
-            if not waiting:
+            names.get(name, set()).discard(event)
+            if not names.get(name, True):
+                del names[name]
+            if not names:
                 del self.waiters[wd]
                 _libc.inotify_rm_watch(self.fd, wd)  # fails harmlessly if the folder is gone
 
@@ -139,25 +141,28 @@ class SessionWaits:
             with self.lock:
                 for wd, mask, name in events:
                     if mask & IN_Q_OVERFLOW:  # events were lost: every waiter looks again
-                        for waiting in self.waiters.values():
-                            for event in waiting:
-                                event.set()
-                        continue
-                    if name != self.name and not mask & IN_IGNORED:
-                        continue
-                    for event in self.waiters.get(wd, ()):
-                        event.set()
-                    if mask & IN_IGNORED:  # the folder is gone: the kernel dropped the watch
-                        self.waiters.pop(wd, None)
+                        self._wake(
+                            event for names in self.waiters.values() for group in names.values() for event in group
+                        )
+                    elif mask & IN_IGNORED:  # the folder is gone: the kernel dropped the watch
+                        self._wake(event for group in self.waiters.pop(wd, {}).values() for event in group)
+                    else:
+                        self._wake(self.waiters.get(wd, {}).get(name, ()))
+
+    @staticmethod
+    def _wake(events: Iterable[threading.Event]) -> None:
+        for event in list(events):
+            event.set()
 
 
-_shared: dict[str, tuple[int, SessionWaits]] = {}
+_shared: tuple[int, SessionWaits] | None = None
 _shared_lock = threading.Lock()
 
 
-def session_waits(name: str) -> SessionWaits:
-    """This process's ``SessionWaits`` for ``name``, made on first use (after uwsgi has forked)."""
+def session_waits() -> SessionWaits:
+    """This process's ``SessionWaits``, made on first use (after uwsgi has forked the process)."""
+    global _shared
     with _shared_lock:
-        if name not in _shared or _shared[name][0] != os.getpid():
-            _shared[name] = (os.getpid(), SessionWaits(name))
-        return _shared[name][1]
+        if _shared is None or _shared[0] != os.getpid():
+            _shared = (os.getpid(), SessionWaits())
+        return _shared[1]

@@ -55,7 +55,7 @@ def portal_env(settings: Settings) -> dict[str, str]:
 def serve(settings: Settings, host: str, port: int) -> int:
     """Run until Ctrl-C or SIGTERM, then stop the portal and the workers and wait for them."""
     settings.session_dir.mkdir(parents=True, exist_ok=True)
-    children = [Child("portal (uwsgi)", uwsgi_command(settings, host, port), portal_env(settings))]
+    children = [Child("portal (uwsgi)", uwsgi_command(settings, host, port), portal_env(settings), essential=True)]
     if settings.running_mode == "runtime":
         for job in configured_jobs(settings):
             children += worker_group(settings, job, settings.worker_processes(job))
@@ -65,8 +65,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
     workers = ", ".join(child.name for child in children[1:]) or "none (job mode)"
     log.info("SCAI on http://%s:%d (%s mode, sessions in %s; workers: %s)",
              host, port, settings.running_mode, settings.session_dir, workers)  # fmt: skip
-    supervisor.run()
-    return 0
+    return supervisor.run()
 
 
 def configured_jobs(settings: Settings) -> list[str]:

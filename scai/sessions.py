@@ -31,6 +31,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scai.inotify import session_waits
+from scai.inotify import IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, session_waits
 
 INITIALIZATION, PROCESSING, COMPLETE, FAILURE = "initialization", "processing", "complete", "failure"
 FINAL_STATES = (COMPLETE, FAILURE)
@@ -318,18 +319,24 @@ def wait_until_final(
     state = store.state(session_id)
     if settled(state) or timeout <= 0:
         return state
-    waits = session_waits(PROCESS_FILE)
+    waits = session_waits()
+    changed = threading.Event()
+    watches = [(store.path(session_id), PROCESS_FILE, IN_MOVED_TO)]
+    if changed_from is not None:  # a worker taking the session (or giving it back) changes nothing else
+        watches.append((store.claimed(state.get("job", "")), session_id, IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE))
+    held = []
     try:
-        wd, changed = waits.watch(store.path(session_id))
-    except FileNotFoundError:
-        raise SessionNotFound(session_id) from None
-    try:
+        for folder, name, mask in watches:
+            held.append((waits.watch(folder, name, mask, changed), name))
         while True:
             changed.clear()
-            state = store.state(session_id)  # read after the watch starts: no change is missed
+            state = store.state(session_id)  # read after the watches start: no change is missed
             remaining = deadline - time.monotonic()
             if settled(state) or remaining <= 0:
                 return state
             changed.wait(remaining)
+    except FileNotFoundError:
+        raise SessionNotFound(session_id) from None
     finally:
-        waits.unwatch(wd, changed)
+        for wd, name in held:
+            waits.unwatch(wd, name, changed)

@@ -4,7 +4,9 @@ worker processes of one ``scai worker --workers N`` unit.
 A child that dies is started again after a growing delay (1, 2, 4 ... up to 30 s), and the log
 says how it ended. One that exits with ``EXIT_CONFIG`` (a model or setting that cannot work) or
 fails ``burst`` times within ``window`` seconds stays down, as systemd's StartLimitBurst does:
-restarting would not help, and the log says why. Nothing needs cleaning up after a death: a dead
+restarting would not help, and the log says why. When every child is down for good, or an
+``essential`` one is (the portal), the supervisor stops the rest and exits non-zero, so that
+systemd sees the failure too. Nothing needs cleaning up after a death: a dead
 worker's claims go back to the pool at the next rescan of any worker (see ``sessions``).
 """
 
@@ -18,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("scai.supervisor")
@@ -38,20 +41,34 @@ class Child:
     failures: deque[float] = field(default_factory=deque)
     restart_at: float | None = None
     given_up: bool = False
+    #: Without it the others are of no use (the portal): giving up on it stops everything.
+    essential: bool = False
+    last_status: int = 0
 
 
 PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child should not dlopen
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL, so that no
-    worker outlives it and keeps serving a pool nobody supervises."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with(parent: int) -> Callable[[], None]:
+    """For the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL, so that no
+    worker outlives it and keeps serving a pool nobody supervises (and exit at once if it already
+    died between the fork and this call)."""
+
+    def arm() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 def describe(status: int) -> str:
     if status < 0:
-        name = signal.Signals(-status).name
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
         return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
     return f"exited with status {status}"
 
@@ -64,6 +81,7 @@ class Supervisor:
         self.burst = burst
         self.window = window
         self.stopping = threading.Event()
+        self.signalled = False
 
     def start(self) -> None:
         for child in self.children:
@@ -71,7 +89,9 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         env = {**os.environ, **child.env} if child.env else None
-        child.process = subprocess.Popen(child.command, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
+        child.process = subprocess.Popen(
+            child.command, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with(os.getpid())
+        )
         child.restart_at = None
         log.debug("started %s (pid %d)", child.name, child.process.pid)
 
@@ -87,6 +107,7 @@ class Supervisor:
     def _ended(self, child: Child, status: int, now: float) -> None:
         pid = child.process.pid if child.process else 0
         child.process = None
+        child.last_status = status
         child.failures.append(now)
         while child.failures and child.failures[0] < now - self.window:
             child.failures.popleft()
@@ -106,13 +127,29 @@ class Supervisor:
     def alive(self) -> list[Child]:
         return [c for c in self.children if c.process is not None and c.process.poll() is None]
 
-    def run(self, interval: float = 0.5) -> None:
-        """Supervise until ``stopping`` is set (by a signal handler), then stop every child."""
+    def finished(self) -> bool:
+        """Every child down for good, or an essential one."""
+        return all(c.given_up for c in self.children) or any(c.given_up and c.essential for c in self.children)
+
+    def exit_status(self) -> int:
+        """0 after a requested stop; else EXIT_CONFIG if a child could not start, else 1."""
+        if not self.finished():
+            return 0
+        return EXIT_CONFIG if any(c.given_up and c.last_status == EXIT_CONFIG for c in self.children) else 1
+
+    def run(self, interval: float = 0.5) -> int:
+        """Supervise until a signal asks to stop (see ``stop_on_signals``) or nothing is left to
+        supervise; then stop every child. Returns the exit status for the command."""
         try:
-            while not self.stopping.wait(interval):
+            while not self.signalled and not self.stopping.is_set():
                 self.check()
+                if self.finished():
+                    log.error("nothing left to supervise: stopping")
+                    break
+                time.sleep(interval)  # a signal cuts it short
         finally:
             self.stop()
+        return self.exit_status()
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (workers finish the batch in hand), then SIGKILL whatever outlives ``timeout``."""
@@ -130,10 +167,11 @@ class Supervisor:
                 child.process.wait()
 
     def stop_on_signals(self) -> None:
-        """SIGTERM and SIGINT end ``run``; the children get SIGTERM from ``stop``."""
+        """SIGTERM and SIGINT end ``run``; the children get SIGTERM from ``stop``. The handler
+        only sets a flag: taking a lock in a signal handler could deadlock the loop holding it."""
 
         def handler(*_: object) -> None:
-            self.stopping.set()
+            self.signalled = True
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)

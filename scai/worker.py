@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,7 @@ class Worker:
         self.store = SessionStore(settings.session_dir)
         self.store.ensure_pool(job)
         self.models: dict[str, config.ModelSpec] = {}
-        self.models_stamp = -1
+        self.models_stamp: tuple[int, ...] | None = (-1,)
         self._reread_models()
         self.engines: dict[str, tuple[config.ModelSpec, Any]] = {}
         #: Session ids that may be pending, oldest first: from inotify events and rescans.
@@ -78,8 +80,7 @@ class Worker:
         return self.engines[name][1]
 
     def _reread_models(self) -> None:
-        path = self.settings.usr_dir / f"{self.job}.config"
-        stamp = path.stat().st_mtime_ns if path.exists() else 0
+        stamp = config.file_stamp(self.settings.usr_dir / f"{self.job}.config")
         if stamp != self.models_stamp:
             self.models, self.models_stamp = config.load_models(self.settings.usr_dir, self.job), stamp
 
@@ -117,7 +118,7 @@ class Worker:
         for claim in claims:
             state = self._open(claim)
             if state is not None:
-                by_model[state["model"]].append((claim, state))
+                by_model[str(state.get("model") or config.DEFAULT_MODEL)].append((claim, state))
         lone = not self.candidates  # nothing else waits: this batch may use every core
         for model, opened in by_model.items():
             self._run_model(model, opened, lone)
@@ -130,6 +131,10 @@ class Worker:
             log.info("session %s vanished before processing", claim.session_id)
             self.store.finish(claim)
             return None
+        except Exception as error:  # an unreadable process.json fails its session, not the worker
+            log.exception("session %s has an unreadable state", claim.session_id)
+            self._fail(claim, None, f"internal error: unreadable session state ({error.__class__.__name__})")
+            return None
         if state.get("state") in FINAL_STATES:  # done before a crash took the worker
             self.store.finish(claim)
             return None
@@ -138,7 +143,7 @@ class Worker:
     def _decode(self, engine: Any, claim: Claim, state: dict[str, Any]) -> Item | None:
         """The session's image decoded for this engine, or None (the session failed) if it cannot be."""
         folder = self.store.path(claim.session_id)
-        source = folder / state["input"]
+        source = folder / str(state.get("input"))
         fit = getattr(engine, "input_size", None) if self.settings.draft_decode else None
         try:
             image = imaging.load_rgb(source, self.settings.max_pixels, fit[::-1] if fit else None)
@@ -154,7 +159,9 @@ class Worker:
     def _run_model(self, model: str, opened: list[tuple[Claim, dict[str, Any]]], lone: bool) -> None:
         try:
             engine = self.engine(model)
-        except (ConfigError, OSError) as error:
+        except Exception as error:  # a missing or broken model fails its sessions, not the worker
+            if not isinstance(error, ConfigError | OSError):
+                log.exception("model %r could not be loaded", model)
             for claim, state in opened:
                 self._fail(claim, state, f"model {model!r} unavailable: {error}")
             return
@@ -192,7 +199,7 @@ class Worker:
 
     def _fail(self, claim: Claim, state: dict[str, Any] | None, message: str) -> None:
         try:
-            self.store.update(claim.session_id, state, state=FAILURE, message=message)
+            self.store.update(claim.session_id, state or {}, state=FAILURE, message=message)
             log.info("failure %s: %s", claim.session_id, message)
         except SessionNotFound:
             pass
@@ -203,7 +210,7 @@ class Worker:
         """Runtime mode: serve until SIGTERM or SIGINT, finishing the batch in hand."""
         # Markers are created in place and closed (IN_CLOSE_WRITE), or renamed back by a recovery
         # (IN_MOVED_TO); a claim renames one away, which needs no wake-up.
-        with FolderWatch(self.store.pool(self.job), IN_CLOSE_WRITE | IN_MOVED_TO) as watch:
+        with FolderWatch(self.store.pool(self.job), IN_CLOSE_WRITE | IN_MOVED_TO) as watch, self._stop_pipe():
             log.info("watching %s", self.store.pool(self.job))
             next_rescan = 0.0
             while not self.stopping.is_set():
@@ -217,6 +224,14 @@ class Worker:
                 claims = self.claim_batch()
                 if claims:
                     self.process(claims)
+
+    @contextmanager
+    def _stop_pipe(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            os.close(self._stop_read)
+            os.close(self._stop_write)
 
     def rescan(self) -> None:
         """Take back the claims of workers that died, and list the whole pool again."""
@@ -238,7 +253,8 @@ class Worker:
 
     def stop(self, *_: object) -> None:
         self.stopping.set()
-        os.write(self._stop_write, b"x")
+        with suppress(OSError):  # the loop has ended and closed its pipe
+            os.write(self._stop_write, b"x")
 
 
 def run(
@@ -277,8 +293,7 @@ def run_group(settings: Settings, job: str, processes: int, *extra: str) -> int:
     supervisor.stop_on_signals()
     supervisor.start()
     log.info("%d %s workers", processes, job)
-    supervisor.run()
-    return 0
+    return supervisor.run()
 
 
 def python_executable() -> str:

@@ -135,3 +135,21 @@ def test_draft_decoding_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert item.image.size == ((1008, 756) if setting == "1" else (4032, 3024))
     worker._infer(worker.engine("default"), "default", [(claim, state, item)], lone=True)
     assert store.state(session_id)["state"] == "complete"
+
+
+def test_a_broken_session_or_model_fails_its_session_and_the_worker_goes_on(tmp_path: Path) -> None:
+    usr = write_usr(tmp_path / "usr")
+    (tmp_path / "broken.tflite").write_bytes(b"not a flatbuffer")
+    with (usr / "image_classification.config").open("a") as config:
+        config.write(f"\n[broken]\nGRAPH = {tmp_path / 'broken.tflite'}\n")
+    settings = Settings(session_dir=tmp_path / "session", usr_dir=usr)
+    store = SessionStore(settings.session_dir)
+    photo = (IMAGES / "parrot.jpg").read_bytes()
+    unreadable, _ = store.create(CLASSIFICATION, "default", photo, "jpg", "a.jpg")
+    (store.path(unreadable) / "process.json").write_text("{")
+    broken_model, _ = store.create(CLASSIFICATION, "broken", photo, "jpg", "b.jpg")
+    fine, _ = store.create(CLASSIFICATION, "default", photo, "jpg", "c.jpg")
+    assert Worker(settings, CLASSIFICATION).drain() == 3
+    assert store.state(unreadable)["state"] == "failure"
+    assert store.state(broken_model)["state"] == "failure" and "unavailable" in store.state(broken_model)["message"]
+    assert store.state(fine)["predictions"][0]["label"] == "macaw"

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from conftest import ROOT, age
@@ -19,6 +21,7 @@ from scai.sessions import (
     is_session_id,
     key_matches,
     new_session_id,
+    wait_until_final,
 )
 
 JOB = "image_classification"
@@ -139,3 +142,17 @@ def test_clean_py_is_an_executable_script(tmp_path: Path) -> None:
     )
     assert f"removed {old}" in run.stdout and "removed 1 sessions, kept 1" in run.stdout
     assert not store.path(old).exists() and store.path(fresh).exists()
+
+
+def test_a_wait_for_any_change_wakes_when_a_worker_takes_the_session(tmp_path: Path) -> None:
+    """'processing' is the claimed marker, not a write to the session: the wait must see it."""
+    store = SessionStore(tmp_path)
+    session_id, _ = store.create("image_classification", "default", b"x", "jpg", "x.jpg")
+    claims = []
+    timer = threading.Timer(0.2, lambda: claims.append(store.claim("image_classification", session_id)))
+    timer.start()
+    started = time.monotonic()
+    state = wait_until_final(store, session_id, 10, changed_from="initialization")
+    timer.join()
+    assert state["state"] == "processing" and time.monotonic() - started < 5, "woken by the claim, not the timeout"
+    store.finish(claims[0])

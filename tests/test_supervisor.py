@@ -54,3 +54,22 @@ def test_stop_terminates_every_child() -> None:
     processes = [c.process for c in supervisor.children]
     supervisor.stop(timeout=5)
     assert all(p.poll() is not None for p in processes)
+
+
+def test_run_ends_when_nothing_is_left_to_supervise() -> None:
+    """As systemd's StartLimitBurst: a unit whose workers all gave up fails, with their reason."""
+    supervisor = Supervisor([child("broken", f"raise SystemExit({EXIT_CONFIG})")])
+    supervisor.start()
+    assert supervisor.run(interval=0.05) == EXIT_CONFIG
+    crashing = Supervisor([child("crasher", "raise SystemExit(1)")], burst=1)
+    crashing.start()
+    assert crashing.run(interval=0.05) == 1
+
+
+def test_an_essential_child_given_up_stops_the_others() -> None:
+    portal = Child("portal", [sys.executable, "-c", "raise SystemExit(2)"], essential=True)
+    supervisor = Supervisor([portal, child("sleeper", "import time; time.sleep(60)")])
+    supervisor.start()
+    sleeper = supervisor.children[1].process
+    assert supervisor.run(interval=0.05) == EXIT_CONFIG
+    assert sleeper.poll() is not None, "the worker was stopped with it"

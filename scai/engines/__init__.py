@@ -41,7 +41,7 @@ def load_classifier(spec: ModelSpec, threads: Threads | None = None) -> Classifi
     if spec.head is not None:
         from scai.engines.composite import CompositeClassifier
 
-        return CompositeClassifier(spec)
+        return CompositeClassifier(spec, threads)
     if kind == "tflite":
         from scai.engines.tflite import TFLiteClassifier
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scai.config import ConfigError, ModelSpec
+from scai.config import ConfigError, ModelSpec, Threads
 from scai.engines.base import Classifier
 from scai.engines.features import TFLiteFeatures
 from scai.engines.tflite import dequantize, make_interpreter, quantize, threads_for
@@ -43,13 +43,14 @@ class TFLiteHead:
 
 
 class CompositeClassifier(Classifier):
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, threads: Threads | None = None) -> None:
+        """Both interpreters with the worker's share of the cores (a lone request included)."""
         super().__init__(spec)
         if spec.path.suffix != ".tflite" or spec.head is None or spec.head.suffix != ".tflite":
             raise ConfigError(f"model {spec.name!r}: GRAPH and HEAD must both be .tflite files")
-        self.features = TFLiteFeatures(spec.path)
-        threads = threads_for(spec)
-        self.head = TFLiteHead(spec.head, threads.busy if threads else None)
+        plan = threads_for(spec, threads)
+        self.features = TFLiteFeatures(spec.path, plan.busy if plan else None)
+        self.head = TFLiteHead(spec.head, plan.busy if plan else None)
         if self.head.size != self.features.size:
             raise ConfigError(
                 f"model {spec.name!r}: the head takes {self.head.size} features, "

@@ -52,13 +52,15 @@ def file_digest(path: Path) -> str:
 class TFLiteFeatures:
     """The feature extractor of one TFLite backbone."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
         with warnings.catch_warnings():  # preserving intermediate tensors is what we want here
             warnings.simplefilter("ignore")
-            self.interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+            self.interpreter = Interpreter(
+                model_path=str(path), experimental_preserve_all_tensors=True, num_threads=threads
+            )
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.input_size = tuple(int(v) for v in self.input["shape"][1:3])

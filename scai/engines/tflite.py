@@ -47,9 +47,9 @@ def batch_interpreter(path: Path, threads: int | None, single: Any) -> Any | Non
     batch no faster than one image at a time."""
     try:
         batch = make_interpreter(path, threads, BATCH)
+        return batch if _seconds(batch) < 0.9 * BATCH * _seconds(single) else None
     except (RuntimeError, ValueError):
         return None
-    return batch if _seconds(batch) < 0.9 * BATCH * _seconds(single) else None
 
 
 def _seconds(interpreter: Any, rounds: int = 3) -> float:
