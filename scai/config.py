@@ -52,9 +52,19 @@ def _env_flag(name: str, default: bool) -> bool:
     return default if not value else value not in ("0", "false", "no", "off")
 
 
+#: ``auto`` never starts more processes than this per job kind or for the portal: on a large
+#: machine each worker then takes several interpreter threads instead, which saves a model's
+#: memory per core and stays far below the kernel's default of 128 inotify instances per user.
+MAX_AUTO_PROCESSES = 8
+
+
 def cpu_count() -> int:
     """The cores this process may run on (a container's or taskset's limit, not the host's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def auto_processes() -> int:
+    return min(cpu_count(), MAX_AUTO_PROCESSES)
 
 
 def parse_count(value: str | int, what: str) -> int | None:
@@ -113,7 +123,8 @@ class Settings:
         parse_count(self.workers, "workers")
 
     def worker_processes(self, job: str) -> int:
-        """How many worker processes serve ``job``: as set, or one per core where every model of
+        """How many worker processes serve ``job``: as set, or one per core (up to
+        ``MAX_AUTO_PROCESSES``) where every model of
         the job is TFLite (small, one thread each), else one (TensorFlow spreads over the cores
         itself, and each such process holds several hundred MB)."""
         count = parse_count(self.workers, "workers")
@@ -121,7 +132,7 @@ class Settings:
             return count
         models = load_models(self.usr_dir, job).values()
         lite = models and all(spec.path.suffix == ".tflite" for spec in models)
-        return cpu_count() if lite else 1
+        return auto_processes() if lite else 1
 
     def interpreter_threads(self, processes: int) -> Threads:
         """Threads for one of ``processes`` sibling workers: together they fit the cores, and a

@@ -12,7 +12,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from scai.config import JOB_ALIASES, PORTAL_THREADS, ROOT, ConfigError, listen_backlog, parse_count
+from scai.config import (
+    JOB_ALIASES,
+    PORTAL_THREADS,
+    ROOT,
+    ConfigError,
+    auto_processes,
+    listen_backlog,
+    parse_count,
+)
 
 DEPLOY = ROOT / "deploy"
 #: template in deploy/ -> file written under --out (and the extra marks it gets)
@@ -71,7 +79,7 @@ class Installation:
             "CONFIG_DIR": str(config_dir.resolve()),
             "RUNTIME_DIRECTORY": runtime,
             "WORKERS": str(self.workers),
-            "PORTAL_PROCESSES": str(parse_count(self.portal_processes, "--portal-processes") or "%k"),
+            "PORTAL_PROCESSES": str(parse_count(self.portal_processes, "--portal-processes") or auto_processes()),
             "PORTAL_THREADS": str(PORTAL_THREADS),
             "LISTEN_BACKLOG": str(listen_backlog()),
         }

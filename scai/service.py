@@ -33,7 +33,7 @@ def uwsgi_command(settings: Settings, host: str, port: int) -> list[str]:
         str(Path(sys.prefix) / "bin" / "uwsgi"),
         "--http-socket", f"{host}:{port}", "--add-header", "Connection: close",
         "--master", "--need-app", "--die-on-term", "--enable-threads",
-        "--processes", str(config.cpu_count()), "--threads", str(PORTAL_THREADS),
+        "--processes", str(config.auto_processes()), "--threads", str(PORTAL_THREADS),
         "--listen", str(config.listen_backlog()),
         "--chdir", str(ROOT), "--virtualenv", sys.prefix, "--module", "run:application",
         "--buffer-size", "32768", "--wsgi-disable-file-wrapper",

@@ -18,6 +18,7 @@ import pytest
 import requests
 from conftest import IMAGES, ROOT, age, free_port, needs_assets, stop, wait_for, write_usr
 
+from scai.config import cpu_count
 from scai.deploy import Installation, RenderError, render
 from scai.sessions import PROCESSING, SessionStore
 
@@ -231,7 +232,7 @@ def children(pid: int) -> list[int]:
 
 def test_rendered_sizing_runs_that_many_workers_and_no_harakiri(deployment: Deployment) -> None:
     ini = (deployment.rendered / "uwsgi" / "scai.ini").read_text()
-    assert "processes = %k" in ini and "threads = 16" in ini
+    assert f"processes = {min(cpu_count(), 8)}" in ini and "threads = 16" in ini
     assert not [line for line in ini.splitlines() if line.startswith("harakiri")]
     classify = deployment.processes[1]
     assert "--workers 2" in unit(deployment.rendered / "systemd" / "scai-classify.service")["Service"]["ExecStart"]
