@@ -110,7 +110,7 @@ class Classifier(ABC):
         """Resize each whole image bilinearly to the input size (no crop), as uint8 [N, H, W, 3]."""
         height, width = self.input_size
         resized = [np.asarray(image.resize((width, height), Image.BILINEAR)) for image in images]
-        return np.stack(resized)
+        return resized[0][None] if len(resized) == 1 else np.stack(resized)
 
     def predict(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Class probabilities [N, classes] for a batch of RGB images."""
