@@ -1,0 +1,104 @@
+"""The plain way to serve the two models: what a 30-line server does, shared by the peers and the reference.
+
+The whole photo is resized to the model's input (no crop) with PIL's bilinear filter and handed to
+a LiteRT interpreter with one thread. ``bench/compare.py`` uses the same functions in-process as
+the reference the servers' answers are checked against, so every server is compared with one
+definition of "the right answer".
+
+Environment (set by ``bench/compare.py``):
+    PEER_CLASSIFY_MODEL   the EfficientNet-Lite0 int8 .tflite (labels read from inside it)
+    PEER_DETECT_MODEL     the SSD .tflite with TFLite_Detection_PostProcess (optional)
+    PEER_DETECT_LABELS    its labels, one a line, line i = class id i
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from PIL import Image
+
+MIN_SCORE = 0.5
+
+
+def load_interpreter(path: str) -> Any:
+    """One interpreter with one thread: the servers run one per process, one process per core."""
+    interpreter = Interpreter(model_path=path, num_threads=1)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def embedded_labels(path: str) -> list[str]:
+    """The classifier's labels, packed into the .tflite by its metadata (the file is also a zip)."""
+    with zipfile.ZipFile(path) as archive:
+        return archive.read("labels_without_background.txt").decode("utf-8").splitlines()
+
+
+def pixels(data: bytes, size: int) -> np.ndarray:
+    """The uploaded photo as a [1, size, size, 3] uint8 batch: whole image, bilinear, no crop."""
+    image = Image.open(BytesIO(data)).convert("RGB").resize((size, size), Image.BILINEAR)
+    return np.asarray(image)[None]
+
+
+class Classifier:
+    def __init__(self, path: str) -> None:
+        self.interpreter = load_interpreter(path)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.size = int(self.input["shape"][1])
+        self.labels = embedded_labels(path)
+
+    def classify(self, data: bytes, top: int = 5) -> list[dict[str, Any]]:
+        """The ``top`` most likely labels of one photo, most likely first."""
+        self.interpreter.set_tensor(self.input["index"], pixels(data, self.size))
+        self.interpreter.invoke()
+        raw = self.interpreter.get_tensor(self.output["index"])[0]
+        scale, zero_point = self.output["quantization"]
+        scores = (raw.astype(np.float32) - zero_point) * scale
+        best = np.argsort(-scores, kind="stable")[:top]
+        return [{"label": self.labels[i], "score": round(float(scores[i]), 6)} for i in best]
+
+
+class Detector:
+    def __init__(self, path: str, labels_path: str) -> None:
+        self.interpreter = load_interpreter(path)
+        self.input = self.interpreter.get_input_details()[0]
+        self.size = int(self.input["shape"][1])
+        # TFLite_Detection_PostProcess names its outputs NAME, NAME:1, NAME:2, NAME:3.
+        by_name = sorted(self.interpreter.get_output_details(), key=lambda d: d["name"])
+        self.boxes, self.classes, self.scores, self.count = (d["index"] for d in by_name)
+        with open(labels_path, encoding="utf-8") as file:
+            self.labels = file.read().splitlines()
+
+    def detect(self, data: bytes) -> list[dict[str, Any]]:
+        """Detections with score >= 0.5, best first, boxes normalised and clipped to the image."""
+        self.interpreter.set_tensor(self.input["index"], pixels(data, self.size))
+        self.interpreter.invoke()
+        boxes = self.interpreter.get_tensor(self.boxes)[0]
+        classes = self.interpreter.get_tensor(self.classes)[0]
+        scores = self.interpreter.get_tensor(self.scores)[0]
+        count = int(self.interpreter.get_tensor(self.count).reshape(-1)[0])
+        found = []
+        for i in range(count):
+            if scores[i] < MIN_SCORE:
+                continue
+            ymin, xmin, ymax, xmax = (min(1.0, max(0.0, float(v))) for v in boxes[i])
+            class_id = int(round(float(classes[i])))
+            label = self.labels[class_id] if class_id < len(self.labels) else f"class {class_id}"
+            box = {"xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax}
+            found.append({"label": label, "score": round(float(scores[i]), 6), "box_normalized": box})
+        return sorted(found, key=lambda d: -d["score"])
+
+
+def classifier_from_env() -> Classifier:
+    return Classifier(os.environ["PEER_CLASSIFY_MODEL"])
+
+
+def detector_from_env() -> Detector | None:
+    """The detector, or None where PEER_DETECT_MODEL is not set (the peer then answers 503)."""
+    path = os.environ.get("PEER_DETECT_MODEL")
+    return Detector(path, os.environ["PEER_DETECT_LABELS"]) if path else None
