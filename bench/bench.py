@@ -4,7 +4,8 @@
 
 For each model: the inference time per image in this process (classification: the engine on
 prepared pixels, and the full predict with resizing; detection: the detector on the decoded image,
-and with selection, drawing and PNG encoding), then sequential end-to-end requests to a real
+and the worker's whole task: selection; its PNG is drawn only when a client asks), then sequential
+end-to-end requests to a real
 ``scai serve`` (POST /api/v1/classify or /detect?wait=...) in runtime mode and in job mode, with
 p50 and p95. The MobileNetV2 and COCO SSD rows need the shared test assets (SCAI_ASSETS, default
 ../shared/assets).
@@ -99,7 +100,7 @@ def serve(folder: Path, usr: Path, port: int, mode: str) -> subprocess.Popen:
         try:
             if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
                 return process
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or still loading the app
             time.sleep(0.1)
     process.kill()
     raise SystemExit(f"scai serve ({mode}) did not start")
@@ -154,7 +155,7 @@ def main() -> None:
         print(f"{kind + ' ' + name:<22}{own:>9.1f}{task:>9.1f}{p50:>13.1f}{percentile(runtime, 95):>8.1f}"
               f"{p50 - own:>12.1f}{statistics.median(job):>10.0f}{percentile(job, 95):>8.0f}")  # fmt: skip
     print("\nmilliseconds; 'over model' = runtime p50 minus the model's own time; 'task' = the worker's")
-    print("whole step for one image (classification: resize + model; detection: model + draw + PNG)")
+    print("whole step for one image (classification: resize + model; detection: model + selection)")
 
 
 if __name__ == "__main__":
