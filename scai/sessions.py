@@ -44,7 +44,7 @@ from scai.inotify import IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, session_waits
 INITIALIZATION, PROCESSING, COMPLETE, FAILURE = "initialization", "processing", "complete", "failure"
 FINAL_STATES = (COMPLETE, FAILURE)
 
-SESSION_ID_RE = re.compile(r"^d-\d{8}-[0-9a-f]{32}$")
+SESSION_ID_RE = re.compile(r"d-\d{8}-[0-9a-f]{32}")
 PROCESS_FILE = "process.json"
 POOL = "pool"
 CLAIMED = ".claimed"
@@ -60,7 +60,7 @@ def new_session_id() -> str:
 
 
 def is_session_id(value: str) -> bool:
-    return bool(SESSION_ID_RE.match(value or ""))
+    return bool(SESSION_ID_RE.fullmatch(value or ""))  # "$" would accept a trailing newline
 
 
 def new_key() -> str:

@@ -35,7 +35,8 @@ def test_ids_are_unguessable_and_path_safe() -> None:
     ids = {new_session_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(is_session_id(i) and "/" not in i for i in ids)
-    for bad in ("../etc", "d-20260101-" + "0" * 31 + "/", "d-20260101-" + "0" * 31 + "\0", "", "pool"):
+    valid = "d-20260101-" + "0" * 32
+    for bad in ("../etc", valid[:-1] + "/", valid[:-1] + "\0", "", "pool", valid + "\n", "\n" + valid):
         assert not is_session_id(bad)
 
 

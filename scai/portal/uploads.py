@@ -109,7 +109,7 @@ def send_session_file(session_id: str, name: str) -> Response:
     path = store().path(session_id) / name
     if not path.is_file():
         abort(404, "that file of the session is gone")
-    return send_file(path, max_age=0)
+    return send_file(path, max_age=0, download_name=name)  # inline, under our own name
 
 
 def send_result_image(session_id: str, state: dict[str, Any]) -> Response:
