@@ -54,10 +54,10 @@ def test_a_cut_off_body_has_no_file() -> None:
 
 def test_limits_are_kept() -> None:
     big_field = body("b0und4ry", ("note", None, b"x" * 2000))
-    with pytest.raises(RequestEntityTooLarge):
+    with pytest.raises(RequestEntityTooLarge, match="form field is larger than 1000 bytes"):
         parsed(UploadRequest, big_field, max_form_memory_size=1000)
     many = body("b0und4ry", *[(f"f{i}", None, b"1") for i in range(20)])
-    with pytest.raises(RequestEntityTooLarge):
+    with pytest.raises(RequestEntityTooLarge, match="more than 10 parts"):  # not "larger than 20 MB"
         parsed(UploadRequest, many, max_form_parts=10)
     big_file = body("b0und4ry", ("photo", "cat.jpg", PHOTO))
     assert parsed(UploadRequest, big_file, max_form_memory_size=1000)[1], "files are not form fields"

@@ -56,7 +56,7 @@ class Parts:
 
     def begin(self) -> None:
         if self.max_parts is not None and len(self.done) >= self.max_parts:
-            raise RequestEntityTooLarge()
+            raise RequestEntityTooLarge(f"the form has more than {self.max_parts} parts")
         self.part = Part()
 
     def _header(self, index: int, data: bytes) -> None:
@@ -75,7 +75,7 @@ class Parts:
     def data(self, data: bytes, start: int, end: int) -> None:
         self.part.size += end - start
         if self.part.filename is None and self.max_field_bytes is not None and self.part.size > self.max_field_bytes:
-            raise RequestEntityTooLarge()
+            raise RequestEntityTooLarge(f"a form field is larger than {self.max_field_bytes} bytes")
         self.part.data.append(data[start:end])
 
 
