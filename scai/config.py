@@ -114,6 +114,10 @@ class Settings:
     workers: str = field(default_factory=lambda: os.environ.get("SCAI_WORKERS", "auto"))
     #: Interpreter threads of each worker process; 0 decides from the cores and the processes.
     threads: int = field(default_factory=lambda: _env_int("SCAI_THREADS", 0))
+    #: Sessions that may wait for a worker per job kind before uploads get 503 (0: no limit).
+    queue_limit: int = field(default_factory=lambda: _env_int("SCAI_QUEUE_LIMIT", 1000))
+    #: Seconds a client refused by a full queue is told to wait (Retry-After).
+    retry_after_seconds: int = 5
 
     def __post_init__(self) -> None:
         self.session_dir = Path(self.session_dir).resolve()

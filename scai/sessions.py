@@ -205,6 +205,20 @@ class SessionStore:
             return []
         return [e.name for e in sorted(entries, key=_mtime_or_zero)]
 
+    def queue_depth(self, job: str, stop_at: int | None = None) -> int:
+        """How many sessions wait for a worker (counting stops at ``stop_at``: a full pool is not
+        listed whole for every upload)."""
+        count = 0
+        try:
+            with os.scandir(self.pool(job)) as entries:
+                for entry in entries:
+                    count += is_session_id(entry.name)
+                    if stop_at is not None and count >= stop_at:
+                        break
+        except FileNotFoundError:
+            return 0
+        return count
+
     def claim(self, job: str, session_id: str) -> Claim | None:
         """Take a pending marker for this process, or ``None`` if another worker has it."""
         if not is_session_id(session_id):

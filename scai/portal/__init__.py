@@ -63,4 +63,8 @@ def json_error(error: HTTPException) -> tuple[Response, int]:
     if isinstance(error, RequestEntityTooLarge) and error.description == RequestEntityTooLarge.description:
         limit = current_app.config["MAX_CONTENT_LENGTH"]
         message = f"the upload is larger than the limit of {limit / 1024 / 1024:g} MB"
-    return jsonify(error=error.name, message=message, status=code), code
+    response = jsonify(error=error.name, message=message, status=code)
+    for name, value in error.get_headers():
+        if name.lower() == "retry-after":
+            response.headers[name] = value
+    return response, code

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, abort, current_app, request, send_file
+from werkzeug.exceptions import ServiceUnavailable
 from werkzeug.utils import secure_filename
 
 from scai import config, imaging
@@ -62,6 +63,7 @@ def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | 
     except imaging.InvalidImage as error:
         abort(400, str(error))
     name = model_name(job, model)
+    refuse_when_full(job)
     filename = secure_filename(upload.filename or "") or f"upload.{info.ext}"
     session_id, key = store().create(job, name, data, info.ext, filename, options or {})
     if settings().running_mode == "job":
@@ -69,6 +71,18 @@ def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | 
 
         spawn_job(settings(), job, session_id)
     return {"sessname": session_id, "sesskey": key, "filename": filename, "model": name}
+
+
+def refuse_when_full(job: str) -> None:
+    """503 with Retry-After once ``queue_limit`` sessions wait for this job kind's workers: a
+    client that outpaces them is told to come back, and the disk does not fill with sessions
+    nobody will wait for."""
+    limit = settings().queue_limit
+    if limit and store().queue_depth(job, stop_at=limit) >= limit:
+        raise ServiceUnavailable(
+            f"{limit} sessions already wait for a worker; try again shortly",
+            retry_after=settings().retry_after_seconds,
+        )
 
 
 def find_session(job: str | None, task: str | None, key: str | None) -> tuple[str, dict[str, Any]]:
