@@ -7,6 +7,7 @@ Layout under the session root::
     <root>/<id>/output.png           the annotated image (detection)
     <root>/pool/<job>/<id>           a pending marker: "this session waits for a worker"
     <root>/pool/<job>/.claimed/<id>  a marker a worker has taken
+    <root>/pool/<job>/.workers/<who> a live worker's heartbeat (touched every few seconds)
 
 A worker writes ``process.json`` to a temporary name and renames it into place, so a reader never
 sees half of it. The portal writes a new session's files in place: nobody reads them before the
@@ -48,6 +49,7 @@ SESSION_ID_RE = re.compile(r"d-\d{8}-[0-9a-f]{32}")
 PROCESS_FILE = "process.json"
 POOL = "pool"
 CLAIMED = ".claimed"
+WORKERS = ".workers"
 
 
 class SessionNotFound(Exception):
@@ -204,6 +206,45 @@ class SessionStore:
         except FileNotFoundError:
             return []
         return [e.name for e in sorted(entries, key=_mtime_or_zero)]
+
+    # -- workers' heartbeats ---------------------------------------------------------------------
+    def beat(self, job: str, worker: str) -> None:
+        """Say that ``worker`` (host-pid) serves ``job`` now."""
+        folder = self.pool(job) / WORKERS
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / worker
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            path.touch()
+
+    def retire(self, job: str, worker: str) -> None:
+        """A worker that stops takes its heartbeat with it."""
+        with suppress(FileNotFoundError):
+            os.unlink(self.pool(job) / WORKERS / worker)
+
+    def live_workers(self, job: str, within: float) -> int:
+        """Workers of ``job`` whose heartbeat is at most ``within`` seconds old."""
+        now = time.time()
+        try:
+            with os.scandir(self.pool(job) / WORKERS) as entries:
+                return sum(now - _mtime_or_zero(e) <= within for e in entries)
+        except FileNotFoundError:
+            return 0
+
+    def oldest_wait(self, job: str, look_at: int = 1000) -> float:
+        """Seconds the oldest of (up to ``look_at``) waiting sessions has waited; 0 if none."""
+        oldest = None
+        try:
+            with os.scandir(self.pool(job)) as entries:
+                for count, entry in enumerate(e for e in entries if is_session_id(e.name)):
+                    stamp = _mtime_or_zero(entry)
+                    oldest = stamp if oldest is None or (stamp and stamp < oldest) else oldest
+                    if count + 1 >= look_at:
+                        break
+        except FileNotFoundError:
+            return 0.0
+        return max(0.0, time.time() - oldest) if oldest else 0.0
 
     def queue_depth(self, job: str, stop_at: int | None = None) -> int:
         """How many sessions wait for a worker (counting stops at ``stop_at``: a full pool is not

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +43,9 @@ from scai.tasks import Item, Task, task_for
 
 log = logging.getLogger("scai.worker")
 
+#: How often a worker touches its heartbeat, busy or idle (``/healthz`` reads them).
+HEARTBEAT_SECONDS = 2.0
+
 
 class Worker:
     """One worker process for one job kind."""
@@ -60,6 +64,9 @@ class Worker:
         self.candidates: deque[str] = deque()
         self.stopping = threading.Event()
         self._stop_read, self._stop_write = os.pipe()
+        #: This worker's name in the pool's heartbeats (``/healthz`` counts the fresh ones).
+        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.last_beat = 0.0
 
     # -- models ---------------------------------------------------------------------------------
     def preload(self, names: list[str] | None = None) -> None:
@@ -215,11 +222,14 @@ class Worker:
             next_rescan = 0.0
             while not self.stopping.is_set():
                 now = time.monotonic()
+                if now - self.last_beat >= HEARTBEAT_SECONDS:
+                    self.store.beat(self.job, self.name)
+                    self.last_beat = now
                 if now >= next_rescan or watch.overflowed:  # an overflow lost names: list the pool
                     watch.overflowed = False
                     self.rescan()
                     next_rescan = now + self.settings.rescan_seconds
-                wait = 0 if self.candidates else next_rescan - now
+                wait = 0 if self.candidates else min(next_rescan, self.last_beat + HEARTBEAT_SECONDS) - now
                 self.candidates.extend(watch.names(wait, also=(self._stop_read,)))
                 claims = self.claim_batch()
                 if claims:
@@ -230,6 +240,7 @@ class Worker:
         try:
             yield
         finally:
+            self.store.retire(self.job, self.name)
             os.close(self._stop_read)
             os.close(self._stop_write)
 

@@ -100,9 +100,13 @@ def stop(process: subprocess.Popen, timeout: float = 20) -> None:
 
 
 class Server:
-    """A real ``scai serve`` process on a free loopback port."""
+    """A real ``scai serve`` process on a free loopback port, ready once /healthz says 200 (every
+    job kind has a live worker), or with ``healthy=False`` once the portal answers at all."""
 
-    def __init__(self, session_dir: Path, usr: Path, log: Path, *extra: str, env: dict | None = None) -> None:
+    def __init__(
+        self, session_dir: Path, usr: Path, log: Path, *extra: str, env: dict | None = None, healthy: bool = True
+    ) -> None:
+        self.wants_healthy = healthy
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.session_dir = session_dir
@@ -127,7 +131,8 @@ class Server:
         if self.process.poll() is not None:
             raise AssertionError(f"scai serve exited: {self.log.read_text()}")
         try:
-            return requests.get(f"{self.url}/healthz", timeout=2).ok
+            status = requests.get(f"{self.url}/healthz", timeout=2).status_code
+            return status == 200 or (status == 503 and not self.wants_healthy)
         except (requests.ConnectionError, requests.Timeout):  # not listening, or still loading the app
             return False
 

@@ -169,7 +169,8 @@ def test_unknown_model_is_400(server: Server) -> None:
 
 
 def test_models_and_health(server: Server) -> None:
-    assert requests.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    health = requests.get(f"{server.url}/healthz").json()
+    assert health["status"] == "ok" and health["jobs"]["classify"]["workers"] >= 1
     assert requests.get(f"{server.url}/api/v1/models").json() == {
         "classify": ["default", "mobilenet_v1", "mobilenet_v2"],
         "detect": [],

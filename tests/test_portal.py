@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import pytest
 import requests
-from conftest import IMAGES, Server, needs_assets, write_usr
+from conftest import IMAGES, Server, needs_assets, wait_for, write_usr
 from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -70,7 +70,8 @@ def open_service(page, portal: Server, tab: str, model: str, viewport: dict) -> 
     page.goto(portal.url + "/")
     if tab != "Classify":
         page.get_by_role("tab", name=tab).click()
-    page.wait_for_function(f"[...document.querySelectorAll('#model option')].some(o => o.value === '{model}')")
+    has_model = f"select => [...select.options].some(o => o.value === '{model}')"
+    wait_for(lambda: page.locator("#model").evaluate(has_model), 30, f"model {model} in the menu")
     page.get_by_label("Model").select_option(model)
 
 
@@ -105,7 +106,9 @@ def test_classification_shows_the_top_labels_as_bars(page, portal: Server, viewp
 def test_detection_shows_the_annotated_image_and_table(page, portal: Server, viewport: dict, tmp_path: Path) -> None:
     open_service(page, portal, "Detect objects", "coco", viewport)
     recognise(page, IMAGES / "pets.jpg")
-    page.wait_for_function("document.getElementById('annotated').complete")
+    # Not page.wait_for_function: it evaluates a string inside the page, which the page's
+    # Content-Security-Policy rightly forbids.
+    wait_for(lambda: page.locator("#annotated").evaluate("img => img.complete && img.naturalWidth > 0"), 30)
     assert page.locator("#annotated").evaluate("img => img.naturalWidth") == Image.open(IMAGES / "pets.jpg").width
     rows = page.locator("tbody tr")
     assert rows.count() == 2 and rows.first.locator("td").first.inner_text() == "dog"
@@ -135,7 +138,8 @@ def test_tabs_and_upload_work_from_the_keyboard(page, portal: Server) -> None:
     page.keyboard.press("ArrowRight")
     assert page.get_by_role("tab", name="Detect objects").get_attribute("aria-selected") == "true"
     assert page.get_by_label("Minimum score").is_visible()
-    page.wait_for_function("[...document.querySelectorAll('#model option')].some(o => o.value === 'coco')")
+    has_coco = "select => [...select.options].some(o => o.value === 'coco')"
+    wait_for(lambda: page.locator("#model").evaluate(has_coco), 30, "the coco model in the menu")
     with page.expect_file_chooser() as chooser:
         page.locator("#drop").focus()
         page.keyboard.press("Enter")

@@ -61,10 +61,11 @@ def test_a_worker_that_cannot_start_is_not_restarted(tmp_path: Path) -> None:
     usr.mkdir()
     (usr / "image_classification.config").write_text(f"[default]\nGRAPH = {tmp_path / 'missing.tflite'}\n")
     log = tmp_path / "serve.log"
-    server = Server(tmp_path / "session", usr, log, "--workers", "1")
+    server = Server(tmp_path / "session", usr, log, "--workers", "1", healthy=False)
     try:
         wait_for(lambda: "not restarting it" in log.read_text(), 30, "the supervisor to give up")
-        assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200, "the portal stays up"
+        health = requests.get(f"{server.url}/healthz", timeout=5)  # the portal stays up, and says what is wrong
+        assert health.status_code == 503 and health.json()["status"] == "no live classify worker"
         assert log.read_text().count("cannot start") == 1
     finally:
         server.stop()

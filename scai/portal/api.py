@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
 from scai import config
 from scai.config import JOB_ALIASES
+from scai.health import report
 from scai.portal.uploads import (
     accept_upload,
     find_session,
@@ -103,8 +102,7 @@ health = Blueprint("health", __name__)
 
 
 @health.get("/healthz")
-def healthz() -> Response:
-    """Alive, and the session folder is writable (what every request needs)."""
-    root = settings().session_dir
-    ok = root.is_dir() and os.access(root, os.W_OK)
-    return jsonify(status="ok" if ok else "session folder not writable"), (200 if ok else 503)
+def healthz() -> tuple[Response, int]:
+    """200 when uploads of every configured job kind will be answered (see ``scai.health``)."""
+    body, status = report(settings())
+    return jsonify(body), status
