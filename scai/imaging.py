@@ -46,9 +46,18 @@ class ImageInfo:
     height: int
 
 
+#: A progressive JPEG is decoded once per scan: encoders write about 10, and a file of 100,000
+#: tiny scans once kept a worker busy for minutes. Inside a JPEG's compressed data a 0xFF byte is
+#: always followed by 0x00 or a marker, so counting the start-of-scan markers counts the scans.
+MAX_JPEG_SCANS = 32
+START_OF_SCAN = b"\xff\xda"
+
+
 def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    if isinstance(source, bytes) and not source:
+    if isinstance(source, Path):
+        source = source.read_bytes()
+    stream = io.BytesIO(source)
+    if not source:
         raise InvalidImage("the file is empty")
     try:
         image = Image.open(stream)
@@ -60,6 +69,11 @@ def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
         raise InvalidImage(f"unsupported image format {image.format}; use JPEG, PNG, BMP, GIF, WEBP or TIFF")
     if image.width * image.height > max_pixels:
         raise ImageTooLarge(f"the image is {image.width}x{image.height} pixels, more than the limit of {max_pixels}")
+    if image.format == "JPEG" and (scans := source.count(START_OF_SCAN)) > MAX_JPEG_SCANS:
+        raise InvalidImage(
+            f"the JPEG has {scans} scans, more than the limit of {MAX_JPEG_SCANS} (photos have about 10): "
+            "save it again as a plain JPEG"
+        )
     return image
 
 

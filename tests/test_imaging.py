@@ -128,3 +128,21 @@ def test_draft_decoding_keeps_every_reference_top1() -> None:
             top = [engine.top(row, 1)[0].label for row in engine.predict([full, reduced])]
             assert top[0] == top[1], f"{model}: {top}"
         assert len(photos) == 31 and drafted >= 3, drafted  # the JPEGs of at least 4x the input
+
+
+def scan_bomb(scans: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated: decoders run every one of them."""
+    data = encode(Image.new("RGB", (64, 64), "teal"), "JPEG", progressive=True)
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * (scans - data.count(b"\xff\xda")) + data[end:]
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
+    normal = encode(Image.new("RGB", (64, 64), "teal"), "JPEG", progressive=True)
+    assert imaging.load_rgb(normal, LIMIT).size == (64, 64), "an ordinary progressive JPEG (about 10 scans)"
+    assert imaging.load_rgb(scan_bomb(imaging.MAX_JPEG_SCANS), LIMIT).size == (64, 64)
+    bomb = scan_bomb(100_000)
+    assert len(bomb) < 10_000_000
+    for check in (imaging.inspect, imaging.load_rgb):  # the portal refuses it; a worker never decodes it
+        with pytest.raises(imaging.InvalidImage, match="100000 scans"):
+            check(bomb, LIMIT)
