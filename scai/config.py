@@ -29,6 +29,10 @@ PORTAL_THREADS = 16
 LISTEN_BACKLOG = 1024
 
 
+#: uwsgi's request log line without the query string, which may carry a session key (``?key=``).
+UWSGI_LOG_FORMAT = '%(addr) [%(ctime)] "%(method) %(var.PATH_INFO)" %(status) %(size) bytes in %(msecs) ms'
+
+
 def listen_backlog() -> int:
     """``LISTEN_BACKLOG``, or the kernel's limit where that is lower (uwsgi refuses to start
     with a queue over net.core.somaxconn)."""

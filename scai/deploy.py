@@ -16,6 +16,7 @@ from scai.config import (
     JOB_ALIASES,
     PORTAL_THREADS,
     ROOT,
+    UWSGI_LOG_FORMAT,
     ConfigError,
     auto_processes,
     listen_backlog,
@@ -27,6 +28,7 @@ DEPLOY = ROOT / "deploy"
 FILES: list[tuple[str, str, dict[str, str]]] = [
     ("nginx/scai.conf", "nginx/scai.conf", {}),
     ("nginx/scai-subpath.conf", "nginx/scai-subpath.conf", {}),
+    ("nginx/scai-log-format.conf", "nginx/scai-log-format.conf", {}),
     ("uwsgi/scai.ini", "uwsgi/scai.ini", {}),
     ("systemd/scai.service", "systemd/scai.service", {}),
     *[("systemd/scai-worker.service", f"systemd/scai-{kind}.service", {"KIND": kind}) for kind in JOB_ALIASES],
@@ -82,6 +84,7 @@ class Installation:
             "PORTAL_PROCESSES": str(parse_count(self.portal_processes, "--portal-processes") or auto_processes()),
             "PORTAL_THREADS": str(PORTAL_THREADS),
             "LISTEN_BACKLOG": str(listen_backlog()),
+            "UWSGI_LOG_FORMAT": UWSGI_LOG_FORMAT,
         }
 
 

@@ -21,6 +21,19 @@ function url(path) {
   return new URL(path, base).toString();
 }
 
+// A session's key travels in a header, never in a URL (access logs, history).
+const KEY_HEADER = "X-Session-Key";
+
+function keyless(link) {
+  const target = new URL(url(link));
+  target.searchParams.delete("key");
+  return target;
+}
+
+async function fetchWithKey(link, key) {
+  return fetch(link, { headers: { [KEY_HEADER]: key } });
+}
+
 function setStatus(text, done = false) {
   statusLine.textContent = text;
   statusLine.classList.toggle("done", done);
@@ -94,14 +107,15 @@ async function follow(body) {
   let state = body;
   while (state.state === "initialization" || state.state === "processing") {
     setStatus(STATE_WORDS[state.state]);
-    const next = new URL(url(state.links.self));
+    const next = keyless(state.links.self);
     next.searchParams.set("wait", "30");
     next.searchParams.set("changed_from", state.state);
-    const response = await fetch(next);
+    const response = await fetchWithKey(next, body.sesskey);
     const fresh = await response.json();
     if (!response.ok && response.status !== 422) throw new Error(fresh.message || "The server answered an error.");
     state = fresh; // its links now include the annotated image, once there is one
   }
+  state.sesskey = body.sesskey;
   return state;
 }
 
@@ -128,13 +142,15 @@ function showClassification(state) {
   result.replaceChildren(list);
 }
 
-function showDetection(state) {
+async function showDetection(state) {
   const figure = document.createElement("div");
   figure.className = "figure";
   const image = new Image();
   image.alt = `Photo with ${state.detections.length} detected objects outlined`;
   image.id = "annotated";
-  image.src = url(state.links.output);
+  const annotated = await fetchWithKey(keyless(state.links.output), state.sesskey);
+  if (!annotated.ok) throw new Error("The annotated image could not be loaded.");
+  image.src = URL.createObjectURL(await annotated.blob());
   figure.append(image);
   const table = document.createElement("table");
   table.innerHTML = "<caption class='visually-hidden'>Detections</caption>" +
@@ -183,7 +199,7 @@ async function recognise(event) {
     const state = await follow(body);
     if (state.state === "failure") throw new Error(`The photo could not be processed: ${state.message}`);
     setStatus(`Done in ${((performance.now() - started) / 1000).toFixed(2)} s with ${state.model}`, true);
-    (kind === "classify" ? showClassification : showDetection)(state);
+    await (kind === "classify" ? showClassification : showDetection)(state);
   } catch (error) {
     setStatus("Failed");
     showError(error.message);

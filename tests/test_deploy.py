@@ -72,6 +72,7 @@ http {{
     include {folder}/mime.types;
     access_log {folder}/access.log;
     {temp}
+    include {rendered}/nginx/scai-log-format.conf;
     include {rendered}/nginx/scai.conf;
     server {{
         listen 127.0.0.1:{subpath_port};
@@ -147,6 +148,18 @@ def test_classify_through_nginx(deployment: Deployment) -> None:
     body = response.json()
     assert body["predictions"][0]["label"] == "military uniform"
     assert requests.get(deployment.url + body["links"]["input"]).content == photo
+
+
+def test_session_keys_stay_out_of_the_logs(deployment: Deployment) -> None:
+    photo = (IMAGES / "grace_hopper.jpg").read_bytes()
+    body = requests.post(f"{deployment.url}/api/v1/classify?wait=30", files={"photo": ("p.jpg", photo)}).json()
+    key, path = body["sesskey"], f"/api/v1/sessions/{body['sessname']}"
+    assert requests.get(f"{deployment.url}{path}", params={"key": key}).status_code == 200
+    by_header = requests.get(f"{deployment.url}{path}", headers={"X-Session-Key": key})
+    assert by_header.status_code == 200 and "key=" not in by_header.json()["links"]["self"]
+    nginx_log = deployment.folder / "log" / "nginx-access.log"
+    wait_for(lambda: path in nginx_log.read_text() and path in deployment.uwsgi_log(), 10, "both logs")
+    assert key not in nginx_log.read_text() and key not in deployment.uwsgi_log()
 
 
 def test_detect_through_nginx_and_fetch_the_images(deployment: Deployment) -> None:

@@ -25,3 +25,18 @@ def test_a_session_removed_during_a_wait_is_404(tmp_path: Path) -> None:
     remover.join()
     assert response.status_code == 404 and "gone" in response.json["message"]
     assert time.monotonic() - started < 10, "woken by the removal, not the wait's end"
+
+
+def test_the_key_may_come_in_a_header_and_then_stays_out_of_links(tmp_path: Path) -> None:
+    settings = Settings(session_dir=tmp_path / "session", usr_dir=tmp_path / "usr")
+    store = SessionStore(settings.session_dir)
+    session_id, key = store.create(JOB, "default", b"x", "png", "a.png")
+    client = create_app(settings).test_client()
+    by_header = client.get(f"/api/v1/sessions/{session_id}", headers={"X-Session-Key": key})
+    assert by_header.status_code == 202 and "key=" not in str(by_header.json["links"]) + by_header.headers["Location"]
+    assert client.get(f"/api/v1/sessions/{session_id}/input", headers={"X-Session-Key": key}).status_code == 200
+    legacy = client.get(f"/imageclassification/imgclassres?task={session_id}", headers={"X-Session-Key": key})
+    assert legacy.status_code == 200
+    assert client.get(f"/api/v1/sessions/{session_id}", headers={"X-Session-Key": "wrong"}).status_code == 403
+    by_query = client.get(f"/api/v1/sessions/{session_id}?key={key}")  # the original clients' way still works
+    assert by_query.status_code == 202 and f"key={key}" in by_query.json["links"]["self"]

@@ -8,11 +8,13 @@ from scai import config
 from scai.config import JOB_ALIASES
 from scai.health import report
 from scai.portal.uploads import (
+    KEY_HEADER,
     accept_upload,
     find_session,
     public_state,
     send_result_image,
     send_session_file,
+    session_key,
     settings,
     store,
     upload_options,
@@ -43,16 +45,18 @@ def wait_for(session_id: str, wait: float, changed_from: str | None = None) -> d
         abort(404, f"session {session_id} is gone (cleaned away)")
 
 
-def session_response(session_id: str, key: str, state: dict) -> tuple[Response, int]:
-    """200 when complete, 422 when the worker failed on the image, 202 while still pending."""
+def session_response(session_id: str, key: str, state: dict, key_in_links: bool = True) -> tuple[Response, int]:
+    """200 when complete, 422 when the worker failed on the image, 202 while still pending.
+    The links carry ``?key=`` unless the client sent its key in the header (then it knows it)."""
     body = public_state(session_id, state)
     body["sesskey"] = key
+    params = {"key": key} if key_in_links else {}
     body["links"] = {
-        "self": url_for("api.session", session_id=session_id, key=key),
-        "input": url_for("api.session_input", session_id=session_id, key=key),
+        "self": url_for("api.session", session_id=session_id, **params),
+        "input": url_for("api.session_input", session_id=session_id, **params),
     }
     if state.get("result_image"):
-        body["links"]["output"] = url_for("api.session_output", session_id=session_id, key=key)
+        body["links"]["output"] = url_for("api.session_output", session_id=session_id, **params)
     status = {COMPLETE: 200, FAILURE: 422}.get(state.get("state"), 202)
     response = jsonify(body)
     if status == 202:
@@ -73,22 +77,22 @@ def submit(kind: str) -> tuple[Response, int]:
 
 @bp.get("/sessions/<session_id>")
 def session(session_id: str) -> tuple[Response, int]:
-    key = request.args.get("key")
+    key = session_key()
     find_session(None, session_id, key)
     changed_from = request.args.get("changed_from")  # wake on any change, for progress displays
     state = wait_for(session_id, _wait_seconds(), changed_from)
-    return session_response(session_id, key or "", state)
+    return session_response(session_id, key or "", state, key_in_links=KEY_HEADER not in request.headers)
 
 
 @bp.get("/sessions/<session_id>/input")
 def session_input(session_id: str) -> Response:
-    _, state = find_session(None, session_id, request.args.get("key"))
+    _, state = find_session(None, session_id, session_key())
     return send_session_file(session_id, state["input"])
 
 
 @bp.get("/sessions/<session_id>/output")
 def session_output(session_id: str) -> Response:
-    _, state = find_session(None, session_id, request.args.get("key"))
+    _, state = find_session(None, session_id, session_key())
     return send_result_image(session_id, state)
 
 

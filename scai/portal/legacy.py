@@ -13,6 +13,7 @@ from scai.portal.uploads import (
     public_state,
     send_result_image,
     send_session_file,
+    session_key,
     upload_options,
 )
 
@@ -38,17 +39,17 @@ def _upload(job: str) -> Response:
 
 
 def _result(job: str) -> Response:
-    session_id, state = find_session(job, request.args.get("task"), request.args.get("key"))
+    session_id, state = find_session(job, request.args.get("task"), session_key())
     return jsonify(public_state(session_id, state))
 
 
 def _input_image(job: str) -> Response:
-    session_id, state = find_session(job, request.args.get("task"), request.args.get("key"))
+    session_id, state = find_session(job, request.args.get("task"), session_key())
     return send_session_file(session_id, state["input"])
 
 
 def _result_image(job: str) -> Response:
-    session_id, state = find_session(job, request.args.get("task"), request.args.get("key"))
+    session_id, state = find_session(job, request.args.get("task"), session_key())
     return send_result_image(session_id, state)
 
 

@@ -85,6 +85,15 @@ def refuse_when_full(job: str) -> None:
         )
 
 
+#: The header that carries a session's key, so that it stays out of URLs (access logs, browser
+#: history); ``?key=`` still works, as the original clients send it.
+KEY_HEADER = "X-Session-Key"
+
+
+def session_key() -> str | None:
+    return request.headers.get(KEY_HEADER) or request.args.get("key")
+
+
 def find_session(job: str | None, task: str | None, key: str | None) -> tuple[str, dict[str, Any]]:
     """The session a request names, after checking its id and access key."""
     if not task:
