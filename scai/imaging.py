@@ -120,7 +120,7 @@ def upright_size(source: bytes | Path, max_pixels: int) -> tuple[int, int]:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to RGB; 16-bit and float greyscale scaled to 8 bits, not clipped."""
     if image.mode == "F" or image.mode.startswith("I"):
-        values = np.asarray(image, dtype=np.float64)
+        values = np.asarray(image, dtype=np.float32)  # not float64: 8 bytes a pixel of a 50 MP image
         if image.mode.startswith("I"):
             values = values / 257  # 16-bit range to 8-bit
         elif values.max(initial=0) <= 1.0:

@@ -153,7 +153,7 @@ class Worker:
         source = folder / str(state.get("input"))
         fit = getattr(engine, "input_size", None) if self.settings.draft_decode else None
         try:
-            image = imaging.load_rgb(source, self.settings.max_pixels, fit[::-1] if fit else None)
+            image = engine.shrink(imaging.load_rgb(source, self.settings.max_pixels, fit[::-1] if fit else None))
         except imaging.InvalidImage as error:
             self._fail(claim, state, str(error))
             return None

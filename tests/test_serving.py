@@ -134,8 +134,16 @@ def test_draft_decoding_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyP
     worker = Worker(settings, CLASSIFICATION)
     (claim,) = [store.claim(CLASSIFICATION, session_id)]
     state = store.state(session_id)
+    decoded = []  # what the decoder gave, before the worker shrinks it to the model's input
+    original = imaging.load_rgb
+
+    def load_rgb(*args: object) -> Image.Image:
+        decoded.append(original(*args))
+        return decoded[-1]
+
+    monkeypatch.setattr("scai.worker.imaging.load_rgb", load_rgb)
     item = worker._decode(worker.engine("default"), claim, state)
-    assert item.image.size == ((1008, 756) if setting == "1" else (4032, 3024))
+    assert decoded[0].size == ((1008, 756) if setting == "1" else (4032, 3024)) and item.image.size == (224, 224)
     worker._infer(worker.engine("default"), "default", [(claim, state, item)], lone=True)
     assert store.state(session_id)["state"] == "complete"
 
@@ -156,3 +164,18 @@ def test_a_broken_session_or_model_fails_its_session_and_the_worker_goes_on(tmp_
     assert store.state(unreadable)["state"] == "failure"
     assert store.state(broken_model)["state"] == "failure" and "unavailable" in store.state(broken_model)["message"]
     assert store.state(fine)["predictions"][0]["label"] == "macaw"
+
+
+def test_a_worker_holds_the_image_at_the_model_size_right_after_decoding(tmp_path: Path) -> None:
+    """However large the upload (a 7000x7000 PNG here) or the batch, what a worker keeps until the
+    model runs is the model's input, not the photo."""
+    settings = Settings(session_dir=tmp_path / "session", usr_dir=write_usr(tmp_path / "usr"))
+    store = SessionStore(settings.session_dir)
+    buffer = io.BytesIO()
+    Image.new("RGB", (7000, 7000), "teal").save(buffer, "PNG")
+    session_id, _ = store.create(CLASSIFICATION, "default", buffer.getvalue(), "png", "big.png")
+    worker = Worker(settings, CLASSIFICATION)
+    claim = store.claim(CLASSIFICATION, session_id)
+    item = worker._decode(worker.engine("default"), claim, store.state(session_id))
+    assert item.image.size == (224, 224)
+    store.finish(claim)

@@ -85,6 +85,13 @@ class Classifier(ABC):
     def use_all_cores(self, lone: bool) -> None:  # noqa: B027 - formats without threads ignore it
         """Run the next batch on every core (nothing else waits) or on this worker's share."""
 
+    def shrink(self, image: Image.Image) -> Image.Image:
+        """The image as ``prepare`` will resize it, right after decoding: a worker then holds at
+        most one full-size image at a time, however large the batch. (``prepare`` resizing an
+        image already at the input size copies it unchanged.)"""
+        height, width = self.input_size
+        return image.resize((width, height), Image.BILINEAR)
+
     def embedded_labels(self) -> list[str] | None:
         """Labels the model file carries itself, for formats that can."""
         return None
@@ -170,6 +177,10 @@ class Detector(ABC):
 
     def use_all_cores(self, lone: bool) -> None:  # noqa: B027 - formats without threads ignore it
         """Run the next batch on every core (nothing else waits) or on this worker's share."""
+
+    def shrink(self, image: Image.Image) -> Image.Image:
+        """The image at the size the model will see it, where the model says (see Classifier)."""
+        return image
 
     @abstractmethod
     def detect_one(self, image: Image.Image) -> Detections:

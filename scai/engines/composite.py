@@ -58,6 +58,10 @@ class CompositeClassifier(Classifier):
             )
         self.input_size = self.features.input_size
 
+    def shrink(self, image: Image.Image) -> Image.Image:
+        """Unchanged: the features look at several views (crops) of the whole photo."""
+        return image
+
     def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Feature vectors [N, D] instead of pixels."""
         return np.stack([self.features(image) for image in images])

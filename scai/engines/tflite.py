@@ -206,6 +206,10 @@ class TFLiteSSDDetector(Detector):
     def use_all_cores(self, lone: bool) -> None:
         self.interpreter.use_all_cores(lone)
 
+    def shrink(self, image: Image.Image) -> Image.Image:
+        height, width = self.input_size
+        return image.resize((width, height), Image.BILINEAR)
+
     def detect_one(self, image: Image.Image) -> Detections:
         height, width = self.input_size
         pixels = np.asarray(image.resize((width, height), Image.BILINEAR))[None]
