@@ -7,7 +7,7 @@ sits between them and turns an engine's output into the fields a session's ``pro
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,21 +53,29 @@ def format_percent(score: float) -> str:
     return f"{score * 100:.1f}%"
 
 
-class ClassificationTask:
-    job = CLASSIFICATION
+class ModelTask:
+    """What both job kinds share: the settings, and the thread plan their models load with."""
+
+    job: str
+    loader: Callable[[ModelSpec, Threads | None], Any]
 
     def __init__(self, settings: Settings, threads: Threads | None = None) -> None:
-        self.top_k = settings.top_k
+        self.settings = settings
         self.threads = threads
 
     def load(self, spec: ModelSpec) -> Any:
-        return load_classifier(spec, self.threads)
+        return type(self).loader(spec, self.threads)
+
+
+class ClassificationTask(ModelTask):
+    job = CLASSIFICATION
+    loader = load_classifier
 
     def run(self, engine: Any, items: Sequence[Item], lone: bool = False) -> list[dict[str, Any]]:
         engine.use_all_cores(lone)
         results = []
         for row in engine.predict([item.image for item in items]):
-            top = engine.top(row, self.top_k)
+            top = engine.top(row, self.settings.top_k)
             results.append(
                 {
                     # The original clients read {label: "97.3%"}; new ones read predictions.
@@ -122,15 +130,9 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class DetectionTask:
+class DetectionTask(ModelTask):
     job = DETECTION
-
-    def __init__(self, settings: Settings, threads: Threads | None = None) -> None:
-        self.max_pixels = settings.max_pixels
-        self.threads = threads
-
-    def load(self, spec: ModelSpec) -> Any:
-        return load_detector(spec, self.threads)
+    loader = load_detector
 
     def run(self, engine: Detector, items: Sequence[Item], lone: bool = False) -> list[dict[str, Any]]:
         """Boxes only: they are normalised, so the model may see a reduced image. The annotated
@@ -141,7 +143,8 @@ class DetectionTask:
         results = []
         for item, raw in zip(items, engine.detect([item.image for item in items]), strict=True):
             chosen = select(engine, raw, float(item.options.get("min_score", engine.min_score)))
-            results.append(detection_fields(chosen, *item.upright_size(self.max_pixels), engine.line_thickness))
+            size = item.upright_size(self.settings.max_pixels)
+            results.append(detection_fields(chosen, *size, engine.line_thickness))
         return results
 
 
