@@ -156,10 +156,18 @@ def annotate(engine: Detector, image: Image.Image, raw: Any, min_score: float) -
     )
 
 
+#: The annotated image's longest side: uploads up to this size (a 12 MP camera photo is 4032
+#: wide) are drawn on at their own size, larger ones scaled down to it. A tiny file declaring
+#: 7000x7000 pixels would otherwise cost the portal a 49 MP PNG to encode.
+MAX_ANNOTATED_SIDE = 4096
+
+
 def annotated_png(state: dict[str, Any], source: Path, max_pixels: int) -> bytes:
     """A complete detection session's annotated image: its boxes drawn on the upload."""
-    image = imaging.load_rgb(source, max_pixels)
-    width, height = (max(2, side) - 1 for side in image.size)
+    size = state.get("image_size") or {}
+    image = imaging.load_rgb(source, max_pixels, (MAX_ANNOTATED_SIDE // 2,) * 2)  # draft, not below the cap
+    image.thumbnail((MAX_ANNOTATED_SIDE, MAX_ANNOTATED_SIDE), Image.BILINEAR)
+    width, height = (max(2, side) - 1 for side in (size.get("width", 0), size.get("height", 0)))
 
     def box(pixels: dict[str, int]) -> Box:  # exactly the pixel box the JSON reports
         return Box(pixels["xmin"] / width, pixels["ymin"] / height, pixels["xmax"] / width, pixels["ymax"] / height)

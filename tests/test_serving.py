@@ -179,3 +179,21 @@ def test_a_worker_holds_the_image_at_the_model_size_right_after_decoding(tmp_pat
     item = worker._decode(worker.engine("default"), claim, store.state(session_id))
     assert item.image.size == (224, 224)
     store.finish(claim)
+
+
+def test_the_annotated_image_of_a_huge_upload_is_capped(tmp_path: Path) -> None:
+    """Drawn on the upload at its own size up to 4096 pixels a side, scaled down beyond."""
+    source = tmp_path / "input.png"
+    Image.new("RGB", (6000, 3000), "white").save(source)
+    box = {"xmin": 1500, "ymin": 750, "xmax": 4500, "ymax": 2250}  # the middle half, in upload pixels
+    state = {
+        "detections": [{"label": "thing", "class_id": 1, "score": 0.9, "box": box}],
+        "image_size": {"width": 6000, "height": 3000},
+        "line_thickness": 4,
+    }
+    annotated = Image.open(io.BytesIO(annotated_png(state, source, 50_000_000))).convert("RGB")
+    assert annotated.size == (4096, 2048)
+    left_edge = round(1500 / 5999 * 4095)  # where the box's left side lands once scaled
+    assert annotated.getpixel((left_edge, 1024)) != (255, 255, 255), "the box, scaled with the image"
+    assert annotated.getpixel((left_edge - 20, 1024)) == (255, 255, 255), "and nowhere else on that row"
+    assert annotated.getpixel((100, 100)) == (255, 255, 255)
