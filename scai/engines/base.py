@@ -57,6 +57,13 @@ def to_probabilities(raw: np.ndarray, activation: str = "auto") -> np.ndarray:
     return raw
 
 
+def resized(image: Image.Image, input_size: tuple[int, int]) -> Image.Image:
+    """The whole image resized bilinearly to a model's (height, width), no crop: the one resize
+    every engine and the reference predictions use."""
+    height, width = input_size
+    return image.resize((width, height), Image.BILINEAR)
+
+
 def normalise(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
     return (pixels.astype(np.float32) - mean) / std
 
@@ -89,8 +96,7 @@ class Classifier(ABC):
         """The image as ``prepare`` will resize it, right after decoding: a worker then holds at
         most one full-size image at a time, however large the batch. (``prepare`` resizing an
         image already at the input size copies it unchanged.)"""
-        height, width = self.input_size
-        return image.resize((width, height), Image.BILINEAR)
+        return resized(image, self.input_size)
 
     def embedded_labels(self) -> list[str] | None:
         """Labels the model file carries itself, for formats that can."""
@@ -115,9 +121,8 @@ class Classifier(ABC):
 
     def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Resize each whole image bilinearly to the input size (no crop), as uint8 [N, H, W, 3]."""
-        height, width = self.input_size
-        resized = [np.asarray(image.resize((width, height), Image.BILINEAR)) for image in images]
-        return resized[0][None] if len(resized) == 1 else np.stack(resized)
+        pixels = [np.asarray(resized(image, self.input_size)) for image in images]
+        return pixels[0][None] if len(pixels) == 1 else np.stack(pixels)
 
     def predict(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Class probabilities [N, classes] for a batch of RGB images."""

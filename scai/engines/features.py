@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from scai.config import ConfigError
+from scai.engines.base import resized
 from scai.engines.tflite import dequantize, input_values
 
 #: Changes whenever the recipe above changes, so cached features of an older recipe are not reused.
@@ -86,8 +87,7 @@ class TFLiteFeatures:
         return int(np.prod(self.details[self.pooled]["shape"][1:]) + self.details[self.preblock]["shape"][-1])
 
     def _one_view(self, image: Image.Image) -> np.ndarray:
-        height, width = self.input_size
-        pixels = np.asarray(image.resize((width, height), Image.BILINEAR))[None]
+        pixels = np.asarray(resized(image, self.input_size))[None]
         values = input_values(pixels, self.input, 127.5, 127.5, explicit=False)
         self.interpreter.set_tensor(self.input["index"], values)
         self.interpreter.invoke()

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from scai.config import ConfigError, ModelSpec, Threads
-from scai.engines.base import Classifier, Detections, Detector, normalise
+from scai.engines.base import Classifier, Detections, Detector, normalise, resized
 
 
 def make_interpreter(path: Path | bytes, threads: int | None = None, batch: int | None = None) -> Any:
@@ -207,12 +207,10 @@ class TFLiteSSDDetector(Detector):
         self.interpreter.use_all_cores(lone)
 
     def shrink(self, image: Image.Image) -> Image.Image:
-        height, width = self.input_size
-        return image.resize((width, height), Image.BILINEAR)
+        return resized(image, self.input_size)
 
     def detect_one(self, image: Image.Image) -> Detections:
-        height, width = self.input_size
-        pixels = np.asarray(image.resize((width, height), Image.BILINEAR))[None]
+        pixels = np.asarray(resized(image, self.input_size))[None]
         values = input_values(pixels, self.input, 127.5, 127.5, explicit_normalisation(self.spec))
         self.interpreter.set_tensor(self.input["index"], values)
         self.interpreter.invoke()
