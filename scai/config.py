@@ -132,9 +132,9 @@ class Settings:
 
     def worker_processes(self, job: str) -> int:
         """How many worker processes serve ``job``: as set, or one per core (up to
-        ``MAX_AUTO_PROCESSES``) where every model of
-        the job is TFLite (small, one thread each), else one (TensorFlow spreads over the cores
-        itself, and each such process holds several hundred MB)."""
+        ``MAX_AUTO_PROCESSES``) where every model of the job is TFLite (small, one thread each),
+        else one (TensorFlow spreads over the cores itself, and each such process holds several
+        hundred MB)."""
         count = parse_count(self.workers, "workers")
         if count is not None:
             return count

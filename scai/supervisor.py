@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -80,8 +79,8 @@ class Supervisor:
         self.children = children
         self.burst = burst
         self.window = window
-        self.stopping = threading.Event()
-        self.signalled = False
+        #: Set by ``stop`` or a signal handler (a plain flag: a handler must not take a lock).
+        self.stopping = False
 
     def start(self) -> None:
         for child in self.children:
@@ -101,7 +100,7 @@ class Supervisor:
         for child in self.children:
             if child.process is not None and child.process.poll() is not None:
                 self._ended(child, child.process.returncode, now)
-            if child.restart_at is not None and now >= child.restart_at and not self.stopping.is_set():
+            if child.restart_at is not None and now >= child.restart_at and not self.stopping:
                 self._spawn(child)
 
     def _ended(self, child: Child, status: int, now: float) -> None:
@@ -141,7 +140,7 @@ class Supervisor:
         """Supervise until a signal asks to stop (see ``stop_on_signals``) or nothing is left to
         supervise; then stop every child. Returns the exit status for the command."""
         try:
-            while not self.signalled and not self.stopping.is_set():
+            while not self.stopping:
                 self.check()
                 if self.finished():
                     log.error("nothing left to supervise: stopping")
@@ -153,7 +152,7 @@ class Supervisor:
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (workers finish the batch in hand), then SIGKILL whatever outlives ``timeout``."""
-        self.stopping.set()
+        self.stopping = True
         running = self.alive()
         for child in running:
             child.process.terminate()
@@ -171,7 +170,7 @@ class Supervisor:
         only sets a flag: taking a lock in a signal handler could deadlock the loop holding it."""
 
         def handler(*_: object) -> None:
-            self.signalled = True
+            self.stopping = True
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)

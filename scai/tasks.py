@@ -165,7 +165,8 @@ MAX_ANNOTATED_SIDE = 4096
 def annotated_png(state: dict[str, Any], source: Path, max_pixels: int) -> bytes:
     """A complete detection session's annotated image: its boxes drawn on the upload."""
     size = state.get("image_size") or {}
-    image = imaging.load_rgb(source, max_pixels, (MAX_ANNOTATED_SIDE // 2,) * 2)  # draft, not below the cap
+    draft_for = (MAX_ANNOTATED_SIDE // imaging.DRAFT_MARGIN,) * 2  # a JPEG drafted no smaller than the cap
+    image = imaging.load_rgb(source, max_pixels, draft_for)
     image.thumbnail((MAX_ANNOTATED_SIDE, MAX_ANNOTATED_SIDE), Image.BILINEAR)
     width, height = (max(2, side) - 1 for side in (size.get("width", 0), size.get("height", 0)))
 

@@ -143,11 +143,11 @@ def input_values(pixels: np.ndarray, detail: dict[str, Any], mean: float, std: f
 class TFLiteClassifier(Classifier):
     def __init__(self, spec: ModelSpec, threads: Threads | None = None) -> None:
         super().__init__(spec)
-        self.interpreter = Interpreters(spec.path, threads_for(spec, threads))
+        plan = threads_for(spec, threads)
+        self.interpreter = Interpreters(spec.path, plan)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_size = self.resolve_input_size(tuple(self.input["shape"][1:3]))
-        plan = threads_for(spec, threads)
         self.batch = batch_interpreter(spec.path, plan.busy if plan else None, self.interpreter.busy)
         self.batches = self.batch is not None
 
