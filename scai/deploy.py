@@ -22,6 +22,7 @@ from scai.config import (
     listen_backlog,
     parse_count,
 )
+from scai.errors import RenderError
 
 DEPLOY = ROOT / "deploy"
 #: template in deploy/ -> file written under --out (and the extra marks it gets)
@@ -35,10 +36,6 @@ FILES: list[tuple[str, str, dict[str, str]]] = [
     ("cron/scai-clean", "cron/scai-clean", {}),
 ]
 SYSTEM_RUN_DIR = Path("/run/scai")
-
-
-class RenderError(ValueError):
-    """A template mark without a value, or a user or group that does not exist."""
 
 
 @dataclass

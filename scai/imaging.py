@@ -22,20 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from scai.errors import ImageTooLarge, InvalidImage
+
 # Every image is opened here, and _open checks the size against the configured limit with the
 # image's dimensions in the message; Pillow's own global guard would refuse first, less clearly.
 Image.MAX_IMAGE_PIXELS = None
 
 #: Pillow format name -> the extension we store the upload under.
 FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "GIF": "gif", "WEBP": "webp", "TIFF": "tiff"}
-
-
-class InvalidImage(ValueError):
-    """The bytes are not an image we can use; the message is fit to show to the user."""
-
-
-class ImageTooLarge(InvalidImage):
-    """The image has more pixels than the configured limit (a decompression bomb, or just huge)."""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from scai.errors import SessionNotFound
 from scai.inotify import IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, session_waits
 
 INITIALIZATION, PROCESSING, COMPLETE, FAILURE = "initialization", "processing", "complete", "failure"
@@ -50,10 +51,6 @@ PROCESS_FILE = "process.json"
 POOL = "pool"
 CLAIMED = ".claimed"
 WORKERS = ".workers"
-
-
-class SessionNotFound(Exception):
-    """No session with that id exists (or it was cleaned away)."""
 
 
 def new_session_id() -> str:

@@ -19,6 +19,7 @@ from object_detection.drawing import Labelled, draw
 from scai import imaging
 from scai.config import CLASSIFICATION, DETECTION, ModelSpec, Settings, Threads
 from scai.engines import Detector, Prediction, load_classifier, load_detector
+from scai.errors import InvalidImage
 
 RESULT_IMAGE = "output.png"
 
@@ -181,17 +182,25 @@ def task_for(job: str, settings: Settings, threads: Threads | None = None) -> Ta
     return (ClassificationTask if job == CLASSIFICATION else DetectionTask)(settings, threads)
 
 
-def classify_file(spec: ModelSpec, path: Path, top_k: int) -> list[Prediction]:
+def _image_file(path: Path, max_pixels: int) -> Image.Image:
+    """An image named on the command line; an error names the file."""
+    try:
+        return imaging.load_rgb(Path(path).read_bytes(), max_pixels)
+    except InvalidImage as error:
+        raise type(error)(f"{path}: {error.message}") from None
+
+
+def classify_file(spec: ModelSpec, path: Path, top_k: int, max_pixels: int) -> list[Prediction]:
     """One-shot classification of an image file, the successor of ``label_image.py``."""
     engine = load_classifier(spec)
-    image = imaging.load_rgb(Path(path).read_bytes(), Settings().max_pixels)
+    image = _image_file(path, max_pixels)
     return engine.top(engine.predict([image])[0], top_k)
 
 
-def detect_file(spec: ModelSpec, path: Path, output: Path | None) -> dict[str, Any]:
+def detect_file(spec: ModelSpec, path: Path, output: Path | None, max_pixels: int) -> dict[str, Any]:
     """One-shot detection: the result fields, and the annotated PNG written to ``output``."""
     engine = load_detector(spec)
-    image = imaging.load_rgb(Path(path).read_bytes(), Settings().max_pixels)
+    image = _image_file(path, max_pixels)
     fields, png = annotate(engine, image, engine.detect_one(image), engine.min_score)
     if output:
         Path(output).write_bytes(png)

@@ -128,7 +128,7 @@ def test_drafted_detection_keeps_the_boxes_and_draws_at_the_upload_size(tmp_path
 @pytest.mark.parametrize("setting", ["1", "0"])
 def test_draft_decoding_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
     monkeypatch.setenv("SCAI_DRAFT_DECODE", setting)
-    settings = Settings(session_dir=tmp_path / "session", usr_dir=write_usr(tmp_path / "usr"))
+    settings = Settings.from_env(session_dir=tmp_path / "session", usr_dir=write_usr(tmp_path / "usr"))
     store = SessionStore(settings.session_dir)
     session_id, _ = store.create(CLASSIFICATION, "default", twelve_megapixels(), "jpg", "big.jpg")
     worker = Worker(settings, CLASSIFICATION)

@@ -17,9 +17,6 @@ from PIL import Image
 
 from scai.config import ConfigError, ModelSpec
 
-#: Float models get (pixel - mean) / std; [-1, 1] is what MobileNet and EfficientNet expect.
-DEFAULT_MEAN, DEFAULT_STD = 127.5, 127.5
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -79,8 +76,7 @@ class Classifier(ABC):
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.mean = spec.input_mean if spec.input_mean is not None else DEFAULT_MEAN
-        self.std = spec.input_std if spec.input_std is not None else DEFAULT_STD
+        self.mean, self.std = spec.mean, spec.std
         self.activation = spec.options.get("output_activation", "auto").lower()
         self._labels = read_labels(spec.labels) if spec.labels else None
         self._aligned: list[str] | None = None

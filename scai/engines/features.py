@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from scai.config import ConfigError
+from scai.config import DEFAULT_MEAN, DEFAULT_STD, ConfigError
 from scai.engines.base import resized
 from scai.engines.tflite import dequantize, input_values
 
@@ -88,7 +88,7 @@ class TFLiteFeatures:
 
     def _one_view(self, image: Image.Image) -> np.ndarray:
         pixels = np.asarray(resized(image, self.input_size))[None]
-        values = input_values(pixels, self.input, 127.5, 127.5, explicit=False)
+        values = input_values(pixels, self.input, DEFAULT_MEAN, DEFAULT_STD, explicit=False)
         self.interpreter.set_tensor(self.input["index"], values)
         self.interpreter.invoke()
         pooled = self._tensor(self.pooled).reshape(-1)

@@ -104,10 +104,6 @@ def embedded_text_files(path: Path) -> dict[str, list[str]]:
         return {}
 
 
-def explicit_normalisation(spec: ModelSpec) -> bool:
-    return spec.input_mean is not None or spec.input_std is not None
-
-
 def quantize(real: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
     info = np.iinfo(dtype)
     return np.clip(np.round(real / scale + zero_point), info.min, info.max).astype(dtype)
@@ -166,7 +162,7 @@ class TFLiteClassifier(Classifier):
             size = BATCH if self.batch is not None and len(pixels) - start >= BATCH else 1
             interpreter = self.batch if size > 1 else self.interpreter
             chunk = pixels[start : start + size]
-            values = input_values(chunk, self.input, self.mean, self.std, explicit_normalisation(self.spec))
+            values = input_values(chunk, self.input, self.mean, self.std, self.spec.explicit_normalisation)
             interpreter.set_tensor(self.input["index"], values)
             interpreter.invoke()
             rows.append(dequantize(interpreter.get_tensor(self.output["index"]), self.output).reshape(size, -1))
@@ -211,7 +207,7 @@ class TFLiteSSDDetector(Detector):
 
     def detect_one(self, image: Image.Image) -> Detections:
         pixels = np.asarray(resized(image, self.input_size))[None]
-        values = input_values(pixels, self.input, 127.5, 127.5, explicit_normalisation(self.spec))
+        values = input_values(pixels, self.input, self.spec.mean, self.spec.std, self.spec.explicit_normalisation)
         self.interpreter.set_tensor(self.input["index"], values)
         self.interpreter.invoke()
         out = {role: dequantize(self.interpreter.get_tensor(d["index"]), d) for role, d in self.outputs.items()}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from flask import Flask, Request, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import HTTP_STATUS_CODES
 
 from scai.config import ROOT, Settings
+from scai.errors import QueueFull, ScaiError
 from scai.portal.multipart import UploadFormParser
 
 
@@ -19,7 +21,7 @@ class UploadRequest(Request):
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the portal for one installation (``settings`` default to flags' and env's defaults)."""
-    settings = settings or Settings()
+    settings = settings or Settings.from_env()
     settings.session_dir.mkdir(parents=True, exist_ok=True)
     app = Flask("scai", template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
@@ -34,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api.health)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, json_error)
+    app.register_error_handler(ScaiError, scai_error)
     app.after_request(security_headers)
     return app
 
@@ -63,8 +66,17 @@ def json_error(error: HTTPException) -> tuple[Response, int]:
     if isinstance(error, RequestEntityTooLarge) and error.description == RequestEntityTooLarge.description:
         limit = current_app.config["MAX_CONTENT_LENGTH"]
         message = f"the upload is larger than the limit of {limit / 1024 / 1024:g} MB"
-    response = jsonify(error=error.name, message=message, status=code)
-    for name, value in error.get_headers():
-        if name.lower() == "retry-after":
-            response.headers[name] = value
+    return error_response(code, message, error.name)
+
+
+def scai_error(error: ScaiError) -> tuple[Response, int]:
+    """SCAI's own errors, raised anywhere below a view, with the status their class carries."""
+    response, code = error_response(error.http_status, error.message)
+    if isinstance(error, QueueFull):
+        response.headers["Retry-After"] = str(error.retry_after)
     return response, code
+
+
+def error_response(code: int, message: str, name: str | None = None) -> tuple[Response, int]:
+    """``{"error", "message", "status"}``: the one shape of every error the portal sends."""
+    return jsonify(error=name or HTTP_STATUS_CODES.get(code, "Error"), message=message, status=code), code

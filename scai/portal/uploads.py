@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, abort, current_app, request, send_file
-from werkzeug.exceptions import ServiceUnavailable
 from werkzeug.utils import secure_filename
 
 from scai import config, imaging
-from scai.config import DETECTION, ConfigError, Settings
+from scai.config import DETECTION, Settings
+from scai.errors import QueueFull
 from scai.sessions import SessionNotFound, SessionStore, atomic_write, is_session_id, key_matches
 from scai.tasks import annotated_png
 
@@ -27,10 +27,7 @@ def store() -> SessionStore:
 
 def model_name(job: str, name: str | None) -> str:
     """The configured section a request asks for (400 if there is no such section)."""
-    try:
-        return config.pick_model(config.load_models(settings().usr_dir, job), name).name
-    except ConfigError as error:
-        abort(400, str(error))
+    return config.pick_model(config.load_models(settings().usr_dir, job), name).name
 
 
 def upload_options(job: str) -> dict[str, Any]:
@@ -56,12 +53,7 @@ def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | 
     if upload is None:
         abort(400, "no image: send it as the multipart field 'photo'")
     data = upload.read()
-    try:
-        info = imaging.inspect(data, settings().max_pixels)
-    except imaging.ImageTooLarge as error:
-        abort(413, str(error))
-    except imaging.InvalidImage as error:
-        abort(400, str(error))
+    info = imaging.inspect(data, settings().max_pixels)
     name = model_name(job, model)
     refuse_when_full(job)
     filename = secure_filename(upload.filename or "") or f"upload.{info.ext}"
@@ -79,9 +71,8 @@ def refuse_when_full(job: str) -> None:
     nobody will wait for."""
     limit = settings().queue_limit
     if limit and store().queue_depth(job, stop_at=limit) >= limit:
-        raise ServiceUnavailable(
-            f"{limit} sessions already wait for a worker; try again shortly",
-            retry_after=settings().retry_after_seconds,
+        raise QueueFull(
+            f"{limit} sessions already wait for a worker; try again shortly", settings().retry_after_seconds
         )
 
 

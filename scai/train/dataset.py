@@ -12,11 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scai.errors import DatasetError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-class DatasetError(ValueError):
-    """The folder cannot be trained on; the message says what to change."""
 
 
 @dataclass

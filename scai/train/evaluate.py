@@ -16,7 +16,7 @@ from scai.engines.features import TFLiteFeatures
 from scai.train.dataset import scan
 from scai.train.export import head_model
 from scai.train.head import Head
-from scai.train.trainer import split_features, tflite_accuracy
+from scai.train.trainer import PHOTO_PIXEL_LIMIT, split_features, tflite_accuracy
 
 
 @dataclass
@@ -51,7 +51,7 @@ def evaluate(spec: config.ModelSpec, dataset: Path) -> Evaluation:
     engine = load_classifier(spec)
     index = {name: i for i, name in enumerate(data.classes)}
     confusion = np.zeros((len(data.classes), len(data.classes) + 1), int)
-    skipped, limit = [], config.Settings().max_pixels
+    skipped, limit = [], PHOTO_PIXEL_LIMIT
     for path, truth in tqdm(
         list(zip(data.files, data.labels, strict=True)), desc="evaluating", unit="photo", leave=False
     ):

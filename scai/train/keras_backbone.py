@@ -74,7 +74,7 @@ def build(name: str, weights: Path) -> tuple[Any, Any]:
             f"{weights.name} does not hold {APPLICATIONS[name]} weights without top: {reason}"
         ) from error
     inputs = keras.Input(shape, name="pixels")
-    scaled = keras.layers.Rescaling(127.5, offset=127.5)(inputs) if name.startswith("efficientnet") else inputs
+    scaled = keras.layers.Rescaling(STD, offset=MEAN)(inputs) if name.startswith("efficientnet") else inputs
     return keras.Model(inputs, application(scaled), name=f"{name}_backbone"), application
 
 
@@ -128,15 +128,18 @@ def install(backbone: Path, model_dir: Path) -> Path:
     return target
 
 
+MEAN, STD = config.DEFAULT_MEAN, config.DEFAULT_STD
+
+
 def _photos(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """The readable photos resized as the served model resizes them, scaled to [-1, 1]; their labels."""
-    pixels, labels, limit = [], [], config.Settings().max_pixels
+    pixels, labels, limit = [], [], config.Settings.default("max_pixels")
     for path, label in zip(data.files, data.labels, strict=True):
         try:
             image = imaging.load_rgb(path, limit)
         except (imaging.InvalidImage, OSError):
             continue  # the bottleneck step lists it
-        pixels.append(np.asarray(image.resize((SIZE, SIZE), Image.BILINEAR), np.float32) / 127.5 - 1)
+        pixels.append(np.asarray(image.resize((SIZE, SIZE), Image.BILINEAR), np.float32) / STD - MEAN / STD)
         labels.append(label)
     return np.stack(pixels), np.array(labels)
 

@@ -29,6 +29,10 @@ from scai.train.dataset import Dataset, scan, split
 QUANTIZE_MODES = export.MODES
 
 
+#: A training photo may have as many pixels as an upload may.
+PHOTO_PIXEL_LIMIT: int = config.Settings.default("max_pixels")
+
+
 @dataclass
 class TrainOptions:
     dataset: Path
@@ -119,14 +123,13 @@ def split_features(
     """The dataset's bottlenecks (from the cache where it has them), split into the training part and
     the held-out part; the same split for the same photos, fraction and seed. ``augmented`` adds the
     variants of the training photos (never of the held-out ones) to the training part."""
-    limit = config.Settings().max_pixels
-    found = bottlenecks.compute(data.files, extractor, cache, limit)
+    found = bottlenecks.compute(data.files, extractor, cache, PHOTO_PIXEL_LIMIT)
     labels = data.labels[found.readable]
     train_rows, held_rows = split(labels, fraction, seed)
     features, classes = [found.features[train_rows]], [labels[train_rows]]
     photos = [data.files[found.readable[row]] for row in train_rows]
     for number in range(1, augment.VARIANTS + 1) if augmented else ():
-        extra = bottlenecks.compute(photos, extractor, cache, limit, variant=number)
+        extra = bottlenecks.compute(photos, extractor, cache, PHOTO_PIXEL_LIMIT, variant=number)
         features.append(extra.features)
         classes.append(labels[train_rows][extra.readable])
         found.reused, found.computed = found.reused + extra.reused, found.computed + extra.computed
