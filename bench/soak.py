@@ -16,7 +16,8 @@ What a passing run proves (exit status 0):
     client still waits for: a client's longest wait is kept ``KEEP_MARGIN`` s under ``--keep``;
   * every scan bomb (a progressive JPEG of 100,000 scans, which once kept a worker busy for
     minutes) is refused with a JSON 4xx, or ends as a failed session soon;
-  * the supervisor never gives up on a worker (the killer stays inside its restart rule, see
+  * no worker dies but by the killer's hand (a crash shows as a restart the killer did not
+    cause), the supervisor never gives up on one (the killer stays inside its restart rule, see
     ``GiveUpRule``), and ``scai serve`` stops on SIGTERM with no process left behind.
 It also samples every 2 s the resident memory (VmRSS) of each worker (by kind) and portal
 process, so that "RSS stays flat" can be judged from the first and the last minute.
@@ -49,6 +50,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -360,6 +362,7 @@ class Killer:
     def __init__(self, server: Server, tail: LogTail, rule: GiveUpRule, every: float) -> None:
         self.server, self.tail, self.rule, self.every = server, tail, rule, every
         self.kills: dict[int, tuple[str, float]] = {}  # pid -> (slot, when killed)
+        self.wall: list[tuple[float, str, int]] = []  # (time.time(), slot, pid): to set beside session stamps
         self.stats = KillerStats()
 
     def run(self, stop: threading.Event) -> None:
@@ -392,6 +395,7 @@ class Killer:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
             self.kills[pid] = (slot, now)
+            self.wall.append((time.time(), slot, pid))
             self.stats.kills += 1
             self.stats.by_slot[slot] += 1
 
@@ -449,6 +453,7 @@ class Upload:
     key: str | None = None
     state: str | None = None  # the last state the client saw
     message: str | None = None
+    updated: str | None = None  # process.json's stamp of the last change (ISO, UTC)
     seconds: float | None = None  # upload to final answer
     refused: int = 0  # 503 with Retry-After
     transport_errors: list[str] = field(default_factory=list)
@@ -567,6 +572,7 @@ def take_answer(upload: Upload, answer: requests.Response, clock: Clock) -> None
     upload.key = upload.key or body.get("sesskey")
     upload.state = body.get("state", upload.state)
     upload.message = body.get("message")
+    upload.updated = body.get("updated", upload.updated)
     if upload.final or (400 <= answer.status_code < 500 and answer.status_code != 422):
         upload.seconds = round(clock() - upload.started, 3)
 
@@ -651,10 +657,12 @@ def sample_loop(server: Server, clock: Clock, stop: threading.Event, samples: li
             return
 
 
-def rss_summary(samples: list[Sample], seconds: float) -> dict[str, Any]:
-    """Per kind, the largest process in the first and the last minute and overall (MB); per pid,
-    first, last and peak (workers are restarted often: a short-lived pid says little alone)."""
+def rss_summary(samples: list[Sample]) -> dict[str, Any]:
+    """Per kind, the largest process in the first and the last minute of sampling and overall
+    (MB); per pid, first, last and peak (workers are restarted often: a short-lived pid says
+    little alone, while the portal's processes live through the whole run)."""
     mb = 1024.0
+    seconds = max((s.t for s in samples), default=0.0)
     kinds: dict[str, Any] = {}
     for kind in sorted({s.kind for s in samples}):
         mine = [s for s in samples if s.kind == kind]
@@ -680,7 +688,8 @@ def rss_summary(samples: list[Sample], seconds: float) -> dict[str, Any]:
         }
         for pid, seen in sorted(by_pid.items())
     }
-    return {"by_kind": kinds, "by_pid": pids}
+    overlap = "" if seconds >= 120 else f"sampled {seconds:.0f} s only: the first and the last minute overlap"
+    return {"by_kind": kinds, "by_pid": pids, "note": overlap}
 
 
 # --- the end: drain, then read the log ---------------------------------------------------------
@@ -703,9 +712,11 @@ def drain(server: Server, timeout: float = DRAIN_TIMEOUT) -> tuple[bool, float]:
     return not pool_markers(server.session_dir), round(time.monotonic() - started, 1)
 
 
-def recheck(server: Server, uploads: list[Upload], recorder: Recorder, clock: Clock) -> int:
-    """Ask once more about sessions a client gave up on, now that the pool is drained."""
-    http, found = requests.Session(), 0
+def recheck(server: Server, uploads: list[Upload]) -> dict[str, int]:
+    """Ask once more about sessions a client gave up on, now that the pool is drained; returns
+    the answers by status, kept apart from the load's (a 404 here is a session the cleaner took
+    after its client had given up)."""
+    http, statuses = requests.Session(), Counter()
     for upload in uploads:
         if upload.session and not upload.final and not upload.gone:
             with contextlib.suppress(requests.RequestException):
@@ -714,17 +725,18 @@ def recheck(server: Server, uploads: list[Upload], recorder: Recorder, clock: Cl
                     headers={"X-Session-Key": upload.key or ""},
                     timeout=30,
                 )
-                recorder.status("GET", answer.status_code)
+                statuses[str(answer.status_code)] += 1
                 if answer.status_code in (200, 422):
                     body = answer.json()
                     upload.state, upload.message = body.get("state"), body.get("message")
-                    found += 1
-    return found
+                    upload.updated = body.get("updated")
+    return dict(statuses)
 
 
 @dataclass
 class LogFacts:
     completes: Counter = field(default_factory=Counter)  # session -> `complete` lines
+    completed_by: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # session -> worker pids
     failures: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     restarts: Counter = field(default_factory=Counter)  # how the child ended -> count
     restarts_by_slot: Counter = field(default_factory=Counter)
@@ -739,6 +751,7 @@ def read_log(path: Path) -> LogFacts:
     for line in path.read_text(errors="replace").splitlines():
         if match := LINE_COMPLETE.search(line):
             facts.completes[match[2]] += 1
+            facts.completed_by[match[2]].append(int(match[1]))
         elif match := LINE_FAILURE.search(line):
             facts.failures[match[2]].append(match[3])
         elif match := LINE_RESTART.search(line):
@@ -755,50 +768,69 @@ def read_log(path: Path) -> LogFacts:
     return facts
 
 
-def session_report(uploads: list[Upload], facts: LogFacts, cleaner: CleanerStats, deadline: float) -> dict[str, Any]:
+def final_state(upload: Upload, facts: LogFacts) -> str | None:
+    """``complete``/``failure`` as the client saw it or, for a session it stopped waiting for (or
+    asked about again after the drain), as a worker logged it; None: never final."""
+    if upload.final:
+        return upload.state
+    if upload.session in facts.completes:
+        return "complete"
+    return "failure" if upload.session in facts.failures else None
+
+
+def lost_entry(upload: Upload, cleaner: CleanerStats, deadline: float) -> dict[str, Any]:
+    removed = cleaner.removed.get(upload.session or "")
+    if removed is None:
+        why = "never reached a final state"
+    elif removed - upload.started < deadline:
+        why = "removed by the cleaner while its client waited"
+    else:
+        why = "removed by the cleaner after its client gave up, never processed"
+    return {"session": upload.session, "task": upload.task, "photo": upload.photo, "why": why,
+            "statuses": upload.statuses[-5:]}  # fmt: skip
+
+
+def nearest_kill(upload: Upload, kills: list[tuple[float, str, int]]) -> dict[str, Any]:
+    """The kill closest to a session's last update. A worker SIGKILLed after it wrote
+    ``complete`` but before it logged it leaves a complete session without a log line; a kill a
+    few ms after the update is that."""
+    entry: dict[str, Any] = {"session": upload.session, "task": upload.task, "updated": upload.updated}
+    if upload.updated and kills:
+        when = datetime.fromisoformat(upload.updated).timestamp()
+        at, slot, pid = min(kills, key=lambda kill: abs(kill[0] - when))
+        entry["nearest_kill"] = {"slot": slot, "pid": pid, "seconds_after_update": round(at - when, 3)}
+    return entry
+
+
+def session_report(
+    uploads: list[Upload], facts: LogFacts, cleaner: CleanerStats, deadline: float, kills: list[tuple[float, str, int]]
+) -> dict[str, Any]:
     """Normal sessions: how each ended, from the clients' answers and the workers' log lines."""
     sessions = [u for u in uploads if u.session]
-    lost, late, zero_lines = [], [], []
+    lost, zero_lines = [], []
+    late: Counter = Counter()
     failed: Counter = Counter()
-    completed = 0
     for upload in sessions:
-        logged_final = upload.session in facts.completes or upload.session in facts.failures
-        state = upload.state if upload.final else None
-        if state is None and logged_final:
-            state = "complete" if upload.session in facts.completes else "failure"
+        state = final_state(upload, facts)
         if state is None:
-            removed = cleaner.removed.get(upload.session)
-            while_waited = removed is not None and removed - upload.started < deadline
-            why = "removed by the cleaner" + (" while its client waited" if while_waited else "")
-            lost.append(
-                {
-                    "session": upload.session,
-                    "task": upload.task,
-                    "photo": upload.photo,
-                    "why": why if removed is not None else "never reached a final state",
-                    "statuses": upload.statuses[-5:],
-                }
-            )
+            lost.append(lost_entry(upload, cleaner, deadline))
             continue
         if upload.gave_up:
-            late.append(upload.session)
-        if state == "complete":
-            completed += 1
-            if not facts.completes[upload.session]:
-                zero_lines.append(upload.session)
-        else:
+            late[upload.task] += 1
+        if state == "complete" and not facts.completes[upload.session]:
+            zero_lines.append(nearest_kill(upload, kills))
+        elif state == "failure":
             failed[upload.message or "; ".join(facts.failures.get(upload.session, [])) or "?"] += 1
     ours = {u.session for u in sessions}
-    duplicated = {s: n for s, n in facts.completes.items() if n > 1}
     return {
         "uploads_with_session": len(sessions),
         "uploads_without_session": len(uploads) - len(sessions),
-        "completed": completed,
+        "completed": len(sessions) - len(lost) - sum(failed.values()),
         "failed": sum(failed.values()),
         "failure_messages": dict(failed),
         "lost": lost,
-        "answered_after_client_deadline": len(late),
-        "completed_more_than_once": duplicated,
+        "final_after_client_deadline": dict(late),
+        "completed_more_than_once": {s: facts.completed_by[s] for s, n in facts.completes.items() if n > 1},
         "complete_without_log_line": zero_lines,
         "sessions_in_log_unknown_to_clients": len((set(facts.completes) | set(facts.failures)) - ours),
         "gone_while_waiting": sum(u.gone for u in sessions),
@@ -917,6 +949,7 @@ class Run:
             self.progress(load)
         finally:
             load.set()
+            loaded = self.clock()
             print("stopping clients; waiting for the answers in flight", flush=True)
             for worker in loaders:
                 worker.join(self.deadline + 60)
@@ -926,7 +959,12 @@ class Run:
             drained = drain(self.server)
             sampling.set()
             sampler.join(10)
-        return {"drained": drained[0], "drain_seconds": drained[1], "load_seconds": round(self.clock(), 1)}
+        return {
+            "load_seconds": round(loaded, 1),
+            "wind_down_seconds": round(self.clock() - loaded, 1),  # answers in flight, then the drain
+            "drained": drained[0],
+            "drain_seconds": drained[1],
+        }
 
     def clean(self, stop: threading.Event) -> None:
         self.cleaner = clean_loop(self.server, self.args.keep, self.args.clean_every, self.clock, stop)
@@ -944,11 +982,13 @@ class Run:
 
 def report(run: Run, ended: dict[str, Any], stopped: dict[str, Any], restart_rule: str) -> dict[str, Any]:
     facts = read_log(run.server.log)
-    sessions = session_report(run.recorder.uploads, facts, run.cleaner, run.deadline)
+    sessions = session_report(run.recorder.uploads, facts, run.cleaner, run.deadline, run.killer.wall)
     bombs = bomb_report(run.recorder.bombs, facts)
     http = http_report(run.recorder)
     killed = run.killer.stats
-    deaths_by_kill = facts.restarts.get("was killed by SIGKILL (out of memory?)", 0)
+    deaths = sum(facts.restarts.values()) + len(facts.gave_up)
+    by_sigkill = sum(n for cause, n in facts.restarts.items() if cause.startswith("was killed by SIGKILL"))
+    unplanned = deaths - min(by_sigkill, killed.kills)  # a crash, or a SIGKILL this script did not send
     result = {
         "args": {k: v for k, v in vars(run.args).items() if k != "json_out"},
         "client_deadline_s": run.deadline,
@@ -965,14 +1005,14 @@ def report(run: Run, ended: dict[str, Any], stopped: dict[str, Any], restart_rul
             "restarts_logged": sum(facts.restarts.values()),
             "restarts_by_cause": dict(facts.restarts),
             "restarts_by_slot": dict(facts.restarts_by_slot),
-            "deaths_not_caused_by_killer": sum(facts.restarts.values()) + len(facts.gave_up) - deaths_by_kill,
+            "deaths_not_caused_by_killer": unplanned,
             "given_up": facts.gave_up,
             "sessions_taken_back_from_dead_workers": facts.recovered,
             "tracebacks_in_log": facts.tracebacks,
         },
         "cleaner": {"runs": run.cleaner.runs, "removed": len(run.cleaner.removed), "errors": run.cleaner.errors},
         "bombs": bombs,
-        "rss": rss_summary(run.samples, ended["load_seconds"]),
+        "rss": rss_summary(run.samples),
         "uwsgi_5xx_lines": facts.uwsgi_5xx[:20],
         "stop": stopped,
     }
@@ -983,6 +1023,7 @@ def report(run: Run, ended: dict[str, Any], stopped: dict[str, Any], restart_rul
         "no_duplicate_completions": not sessions["completed_more_than_once"],
         "bombs_refused_or_failed": bombs["all_refused_or_failed"],
         "no_worker_given_up": not facts.gave_up,
+        "no_worker_died_unkilled": unplanned == 0,
         "clean_stop": stopped["exit_status"] == 0
         and not stopped["leftover_processes"]
         and not stopped["sigkill_needed"],
@@ -994,9 +1035,9 @@ def print_summary(result: dict[str, Any]) -> None:
     http, sessions, workers, bombs = result["http"], result["sessions"], result["workers"], result["bombs"]
     print("\n=== soak summary ===")
     print(
-        f"load {result['run']['load_seconds']} s, {result['args']['clients']} clients; "
-        f"client deadline {result['client_deadline_s']:g} s; drained: {result['run']['drained']} "
-        f"in {result['run']['drain_seconds']} s"
+        f"load {result['run']['load_seconds']} s, {result['args']['clients']} clients, then "
+        f"{result['run']['wind_down_seconds']} s for the answers in flight and the drain (pool empty: "
+        f"{result['run']['drained']}); client deadline {result['client_deadline_s']:g} s"
     )
     print(f"requests {http['requests']}: {http['by_status']}")
     print(
@@ -1016,15 +1057,17 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"  lost: {lost}")
     print(
         f"  completed more than once: {len(sessions['completed_more_than_once'])}; complete without a log "
-        f"line: {len(sessions['complete_without_log_line'])}; answered after the client's deadline: "
-        f"{sessions['answered_after_client_deadline']}"
+        f"line: {len(sessions['complete_without_log_line'])}; final only after the client's deadline: "
+        f"{sessions['final_after_client_deadline'] or 0}"
     )
+    for entry in sessions["complete_without_log_line"][:5]:
+        print(f"    no log line: {entry}")
     print(
         f"workers: {workers['kills']} kills {workers['kills_by_slot']}, skipped {workers['kills_skipped_by_guard']} "
         f"(guard) + {workers['kills_skipped_no_worker_up']} (none up); {workers['restarts_logged']} restarts "
         f"logged {workers['restarts_by_cause']}; not by the killer: {workers['deaths_not_caused_by_killer']}; "
         f"given up: {len(workers['given_up'])}; sessions taken back: "
-        f"{workers['sessions_taken_back_from_dead_workers']}"
+        f"{workers['sessions_taken_back_from_dead_workers']}; tracebacks in the log: {workers['tracebacks_in_log']}"
     )
     print(f"  rule: {workers['give_up_rule']}")
     print(
@@ -1037,6 +1080,8 @@ def print_summary(result: dict[str, Any]) -> None:
             f"RSS {kind}: max first minute {row['first_minute_max_mb']} MB, last minute "
             f"{row['last_minute_max_mb']} MB, overall {row['overall_max_mb']} MB ({row['processes']} pids)"
         )
+    if result["rss"]["note"]:
+        print(f"  ({result['rss']['note']})")
     stop = result["stop"]
     print(
         f"stop: status {stop['exit_status']} in {stop['stop_seconds']} s, SIGKILL needed: {stop['sigkill_needed']}, "
@@ -1084,7 +1129,7 @@ def main() -> int:
         rule = run.rule.explain(len(workers_of(server.pid)), args.kill_every)
         print(f"healthy; {len(photos)} photos; {rule}", flush=True)
         ended = run.go(photos)
-        ended["rechecked_final"] = recheck(server, run.recorder.uploads, run.recorder, run.clock)
+        ended["recheck_after_drain"] = recheck(server, run.recorder.uploads)
     finally:
         stopped = stop_server(server)
     result = report(run, ended, stopped, rule)

@@ -9,6 +9,10 @@ from scai.sessions import PROCESSING, SessionNotFound, SessionStore, age_seconds
 
 log = logging.getLogger("scai.clean")
 
+#: A folder without a readable ``process.json`` is a session the portal is creating right now (or
+#: the leftover of a crash): it is removed only once it is at least this old, whatever the keep time.
+UNFINISHED_GRACE_SECONDS = 3600.0
+
 
 def clean(root: Path, keep_seconds: float) -> tuple[list[str], int]:
     """Remove sessions older than ``keep_seconds`` with their markers; returns (removed, kept)."""
@@ -18,9 +22,10 @@ def clean(root: Path, keep_seconds: float) -> tuple[list[str], int]:
         folder = store.path(session_id)
         try:
             state = store.state(session_id)
+            keep = keep_seconds
         except (SessionNotFound, ValueError):
-            state = {}  # no readable process.json: judged by the folder's age
-        if age_seconds(state, folder) < keep_seconds or state.get("state") == PROCESSING:
+            state, keep = {}, max(keep_seconds, UNFINISHED_GRACE_SECONDS)  # judged by the folder's age
+        if age_seconds(state, folder) < keep or state.get("state") == PROCESSING:
             kept += 1
         elif store.remove(session_id):
             removed.append(session_id)

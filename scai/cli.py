@@ -223,7 +223,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from scai.worker import run, run_group
+    from scai.launcher import run_group
+    from scai.worker import run
 
     settings = _settings(args, rescan_seconds=args.checktimeperoid, workers=args.workers)
     job = config.JOB_ALIASES[args.kind]

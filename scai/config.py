@@ -127,6 +127,9 @@ class Settings:
     queue_limit: int = setting(1000, "SCAI_QUEUE_LIMIT", "sessions that may wait per job kind before 503 (0: none)")
     retry_after_seconds: int = setting(5, help="Retry-After of a 503 for a full queue")
     job_processes: str = setting("auto", "SCAI_JOB_PROCESSES", "job mode: worker processes at once per job kind")
+    public_url: str = setting(
+        "", "SCAI_PUBLIC_URL", "the address clients use, for /docs examples (e.g. https://ai.example)"
+    )
     keep_seconds: float = setting(86400.0, "SCAI_KEEP_SECONDS", "scai clean removes sessions older than this")
 
     def __post_init__(self) -> None:

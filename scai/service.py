@@ -16,8 +16,8 @@ from pathlib import Path
 
 from scai import config
 from scai.config import PORTAL_THREADS, ROOT, Settings
+from scai.launcher import worker_group
 from scai.supervisor import Child, Supervisor
-from scai.worker import worker_group
 
 log = logging.getLogger("scai.service")
 
@@ -45,12 +45,7 @@ def uwsgi_command(settings: Settings, host: str, port: int) -> list[str]:
 
 def portal_env(settings: Settings) -> dict[str, str]:
     """The portal's settings: uwsgi's app reads them from the environment, as under systemd."""
-    return {
-        "SCAI_SESSION_DIR": str(settings.session_dir),
-        "SCAI_USR_DIR": str(settings.usr_dir),
-        "SCAI_RUNNING_MODE": settings.running_mode,
-        "PYTHONUNBUFFERED": "1",
-    }
+    return {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
 
 
 def serve(settings: Settings, host: str, port: int) -> int:

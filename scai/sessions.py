@@ -8,6 +8,7 @@ Layout under the session root::
     <root>/pool/<job>/<id>           a pending marker: "this session waits for a worker"
     <root>/pool/<job>/.claimed/<id>  a marker a worker has taken
     <root>/pool/<job>/.workers/<who> a live worker's heartbeat (touched every few seconds)
+    <root>/pool/<job>/.slots/<n>     job mode: a process runs only while it holds one (flock)
 
 A worker writes ``process.json`` to a temporary name and renames it into place, so a reader never
 sees half of it. The portal writes a new session's files in place: nobody reads them before the
@@ -23,6 +24,7 @@ either fails to lock it or finds it already renamed away.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -40,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scai.errors import SessionNotFound
+from scai.errors import SessionNotFound, StorageFull
 from scai.inotify import IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, session_waits
 
 INITIALIZATION, PROCESSING, COMPLETE, FAILURE = "initialization", "processing", "complete", "failure"
@@ -51,6 +53,7 @@ PROCESS_FILE = "process.json"
 POOL = "pool"
 CLAIMED = ".claimed"
 WORKERS = ".workers"
+SLOTS = ".slots"
 
 
 def new_session_id() -> str:
@@ -145,6 +148,19 @@ class SessionStore:
         session_id, key = new_session_id(), new_key()
         folder = self.path(session_id)
         folder.mkdir(parents=True)
+        try:
+            self._fill(folder, job, model, image, ext, filename, options, key)
+            self.enqueue(job, session_id)
+        except OSError as error:  # nothing half-made stays behind: no folder without a marker
+            shutil.rmtree(folder, ignore_errors=True)
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull("the server's disk is full: the upload was not stored; try again later") from None
+            raise
+        return session_id, key
+
+    def _fill(
+        self, folder: Path, job: str, model: str, image: bytes, ext: str, filename: str, options: dict | None, key: str
+    ) -> None:
         input_name = f"input.{ext}"
         (folder / input_name).write_bytes(image)
         stamp = now_iso()
@@ -165,8 +181,6 @@ class SessionStore:
                 "key_sha256": key_digest(key),
             },
         )
-        self.enqueue(job, session_id)
-        return session_id, key
 
     def enqueue(self, job: str, session_id: str) -> None:
         """Drop a pending marker into the pool.
@@ -193,7 +207,10 @@ class SessionStore:
         ``known`` is the session's state as the caller already read it (saves reading it again)."""
         state = dict(known) if known is not None else self.state(session_id)
         state.update(fields, updated=now_iso())
-        atomic_write_json(self.path(session_id) / PROCESS_FILE, state)
+        try:
+            atomic_write_json(self.path(session_id) / PROCESS_FILE, state)
+        except FileNotFoundError:  # cleaned away while the worker had it
+            raise SessionNotFound(session_id) from None
         return state
 
     def pending(self, job: str) -> list[str]:
@@ -208,12 +225,15 @@ class SessionStore:
     def beat(self, job: str, worker: str) -> None:
         """Say that ``worker`` (host-pid) serves ``job`` now."""
         folder = self.pool(job) / WORKERS
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / worker
         try:
             os.utime(path)
         except FileNotFoundError:
-            path.touch()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            except OSError:  # a full disk: the worker still works; health will say it looks gone
+                pass
 
     def retire(self, job: str, worker: str) -> None:
         """A worker that stops takes its heartbeat with it."""
@@ -275,10 +295,29 @@ class SessionStore:
             return None
         return Claim(job, session_id, target, fd)
 
+    def take_slot(self, job: str, slots: int) -> int | None:
+        """Job mode's bound on processes: lock one of ``slots`` slot files of ``job`` and return
+        its descriptor (the slot is held until it is closed, or the process dies), or None when
+        every slot is held."""
+        folder = self.pool(job) / SLOTS
+        folder.mkdir(parents=True, exist_ok=True)
+        for number in range(slots):
+            fd = os.open(folder / str(number), os.O_RDONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+        return None
+
     def finish(self, claim: Claim) -> None:
         """Drop a marker whose session reached a final state, then let go of its lock."""
         with suppress(FileNotFoundError):
             os.unlink(claim.path)
+        os.close(claim.fd)
+
+    def release(self, claim: Claim) -> None:
+        """Let go of a claim without finishing it: the next ``recover`` returns it to the pool."""
         os.close(claim.fd)
 
     def recover(self, job: str) -> list[str]:

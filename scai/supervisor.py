@@ -4,9 +4,11 @@ worker processes of one ``scai worker --workers N`` unit.
 A child that dies is started again after a growing delay (1, 2, 4 ... up to 30 s), and the log
 says how it ended. One that exits with ``EXIT_CONFIG`` (a model or setting that cannot work) or
 fails ``burst`` times within ``window`` seconds stays down, as systemd's StartLimitBurst does:
-restarting would not help, and the log says why. When every child is down for good, or an
-``essential`` one is (the portal), the supervisor stops the rest and exits non-zero, so that
-systemd sees the failure too. Nothing needs cleaning up after a death: a dead
+restarting would not help, and the log says why. As in supervisord (``startsecs``), a child that
+ran ``STARTED_SECONDS`` before it died had started fine: its death begins a new count at a 1 s
+delay, so a worker killed now and then (out of memory, an operator) is always brought back.
+When every child is down for good, or an ``essential`` one is (the portal), the supervisor stops
+the rest and exits non-zero, so that systemd sees the failure too. Nothing needs cleaning up after a death: a dead
 worker's claims go back to the pool at the next rescan of any worker (see ``sessions``).
 """
 
@@ -22,11 +24,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from scai.errors import EXIT_CONFIG
+
 log = logging.getLogger("scai.supervisor")
 
-#: The exit status of a process that cannot start for a reason a restart will not change.
-EXIT_CONFIG = 2
 MAX_DELAY = 30.0
+#: A child that lived this long had started well; only quicker deaths add up to giving up.
+STARTED_SECONDS = 10.0
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Child:
     process: subprocess.Popen | None = None
     failures: deque[float] = field(default_factory=deque)
     restart_at: float | None = None
+    started_at: float = 0.0
     given_up: bool = False
     #: Without it the others are of no use (the portal): giving up on it stops everything.
     essential: bool = False
@@ -92,6 +97,7 @@ class Supervisor:
             child.command, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with(os.getpid())
         )
         child.restart_at = None
+        child.started_at = time.monotonic()
         log.debug("started %s (pid %d)", child.name, child.process.pid)
 
     def check(self) -> None:
@@ -107,6 +113,8 @@ class Supervisor:
         pid = child.process.pid if child.process else 0
         child.process = None
         child.last_status = status
+        if now - child.started_at >= STARTED_SECONDS:
+            child.failures.clear()
         child.failures.append(now)
         while child.failures and child.failures[0] < now - self.window:
             child.failures.popleft()

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 from scai import config, imaging
@@ -38,7 +36,6 @@ from scai.sessions import (
     SessionNotFound,
     SessionStore,
 )
-from scai.supervisor import Child, Supervisor
 from scai.tasks import Item, Task, task_for
 
 log = logging.getLogger("scai.worker")
@@ -50,11 +47,20 @@ HEARTBEAT_SECONDS = 2.0
 class Worker:
     """One worker process for one job kind."""
 
-    def __init__(self, settings: Settings, job: str, siblings: int = 1) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        job: str,
+        siblings: int = 1,
+        *,
+        task: Task | None = None,
+        store: SessionStore | None = None,
+    ) -> None:
+        """``task`` and ``store`` default to the job's real ones; tests pass their own."""
         self.settings = settings
         self.job = job
-        self.task: Task = task_for(job, settings, settings.interpreter_threads(siblings))
-        self.store = SessionStore(settings.session_dir)
+        self.task: Task = task or task_for(job, settings, settings.interpreter_threads(siblings))
+        self.store = store or SessionStore(settings.session_dir)
         self.store.ensure_pool(job)
         self.models: dict[str, config.ModelSpec] = {}
         self.models_stamp: tuple[int, ...] | None = (-1,)
@@ -67,6 +73,7 @@ class Worker:
         #: This worker's name in the pool's heartbeats (``/healthz`` counts the fresh ones).
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.last_beat = 0.0
+        self.next_rescan = 0.0
 
     # -- models ---------------------------------------------------------------------------------
     def preload(self, names: list[str] | None = None) -> None:
@@ -197,20 +204,31 @@ class Worker:
             self._complete(claim, state, fields, elapsed / len(items))
 
     def _complete(self, claim: Claim, state: dict[str, Any], fields: dict[str, Any], millis: float) -> None:
-        try:
-            self.store.update(claim.session_id, state, state=COMPLETE, message="complete", **fields)
+        if self._record(claim, state, {"state": COMPLETE, "message": "complete", **fields}):
             log.info("complete %s in %.1f ms", claim.session_id, millis)
-        except SessionNotFound:
-            log.info("session %s vanished during processing", claim.session_id)
-        self.store.finish(claim)
 
     def _fail(self, claim: Claim, state: dict[str, Any] | None, message: str) -> None:
-        try:
-            self.store.update(claim.session_id, state or {}, state=FAILURE, message=message)
+        if self._record(claim, state or {}, {"state": FAILURE, "message": message}):
             log.info("failure %s: %s", claim.session_id, message)
+
+    def _record(self, claim: Claim, known: dict[str, Any], fields: dict[str, Any]) -> bool:
+        """Write a final state and drop the claim; True if written. A session that vanished
+        needs nothing more. One that cannot be written (a full disk) keeps its marker, unlocked:
+        the next recovery puts it back in the pool, so it is retried every ``rescan_seconds``
+        until space is freed, and the worker goes on."""
+        try:
+            self.store.update(claim.session_id, known, **fields)
         except SessionNotFound:
-            pass
+            log.info("session %s vanished during processing", claim.session_id)
+        except OSError as error:
+            log.error("cannot record session %s (%s): it goes back to the pool", claim.session_id, error)
+            self.store.release(claim)
+            return False
+        else:
+            self.store.finish(claim)
+            return True
         self.store.finish(claim)
+        return False
 
     # -- modes ----------------------------------------------------------------------------------
     def run_forever(self) -> None:
@@ -219,21 +237,30 @@ class Worker:
         # (IN_MOVED_TO); a claim renames one away, which needs no wake-up.
         with FolderWatch(self.store.pool(self.job), IN_CLOSE_WRITE | IN_MOVED_TO) as watch, self._stop_pipe():
             log.info("watching %s", self.store.pool(self.job))
-            next_rescan = 0.0
+            self.next_rescan = 0.0
             while not self.stopping.is_set():
-                now = time.monotonic()
-                if now - self.last_beat >= HEARTBEAT_SECONDS:
-                    self.store.beat(self.job, self.name)
-                    self.last_beat = now
-                if now >= next_rescan or watch.overflowed:  # an overflow lost names: list the pool
-                    watch.overflowed = False
-                    self.rescan()
-                    next_rescan = now + self.settings.rescan_seconds
-                wait = 0 if self.candidates else min(next_rescan, self.last_beat + HEARTBEAT_SECONDS) - now
-                self.candidates.extend(watch.names(wait, also=(self._stop_read,)))
-                claims = self.claim_batch()
-                if claims:
-                    self.process(claims)
+                try:
+                    self._step(watch)
+                except OSError:  # the session store's disk, not a session: wait, then go on
+                    log.exception("the session store failed; trying again in %.0f s", self.settings.rescan_seconds)
+                    self.next_rescan = time.monotonic() + self.settings.rescan_seconds
+                    select.select([self._stop_read], [], [], self.settings.rescan_seconds)
+
+    def _step(self, watch: FolderWatch) -> None:
+        """One turn of the loop: heartbeat and recovery when due, then a batch if one waits."""
+        now = time.monotonic()
+        if now - self.last_beat >= HEARTBEAT_SECONDS:
+            self.store.beat(self.job, self.name)
+            self.last_beat = now
+        if now >= self.next_rescan or watch.overflowed:  # an overflow lost names: list the pool
+            watch.overflowed = False
+            self.rescan()
+            self.next_rescan = now + self.settings.rescan_seconds
+        wait = 0 if self.candidates else min(self.next_rescan, self.last_beat + HEARTBEAT_SECONDS) - now
+        self.candidates.extend(watch.names(wait, also=(self._stop_read,)))
+        claims = self.claim_batch()
+        if claims:
+            self.process(claims)
 
     @contextmanager
     def _stop_pipe(self) -> Iterator[None]:
@@ -251,10 +278,21 @@ class Worker:
             log.info("took back %d sessions from a worker that died", len(recovered))
         self.candidates = deque(self.store.pending(self.job))
 
-    def run_job(self, session_id: str | None = None) -> int:
-        """Job mode: process one named session, or everything pending, then return."""
+    def run_job(self, session_id: str | None = None, slots: int = 1) -> int:
+        """Job mode: process one named session, or, holding one of ``slots`` job slots of this
+        job kind, everything pending, then return. Without a free slot it returns at once: the
+        slot holders drain the pool, and each looks at the pool again after letting its slot go,
+        so a session queued while they finished is never left behind."""
         if session_id is None:
-            return self.drain()
+            taken = 0
+            while (slot := self.store.take_slot(self.job, slots)) is not None:
+                try:
+                    taken += self.drain()
+                finally:
+                    os.close(slot)
+                if not self.store.pending(self.job):
+                    break
+            return taken
         claim = self.store.claim(self.job, session_id)
         if claim is None:
             log.info("session %s is not pending (taken by another worker?)", session_id)
@@ -280,54 +318,10 @@ def run(
     ``siblings``: how many worker processes share this pool (and the cores) with this one."""
     worker = Worker(settings, job, siblings)
     if mode == "job":
-        worker.run_job(session)
+        worker.run_job(session, siblings)
         return 0
     worker.preload([model] if model else None)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run_forever()
     return 0
-
-
-def worker_group(settings: Settings, job: str, processes: int, *extra: str) -> list[Child]:
-    """``processes`` supervised workers for ``job``, each told how many siblings share the cores."""
-    alias = {v: k for k, v in config.JOB_ALIASES.items()}[job]
-    options = ("--siblings", str(processes), "--checktimeperoid", str(settings.rescan_seconds), *extra)
-    return [
-        Child(f"{alias} worker {i + 1}/{processes}", worker_command(settings, job, *options)) for i in range(processes)
-    ]
-
-
-def run_group(settings: Settings, job: str, processes: int, *extra: str) -> int:
-    """``scai worker KIND --workers N``: N supervised worker processes, for one systemd unit."""
-    supervisor = Supervisor(worker_group(settings, job, processes, *extra))
-    supervisor.stop_on_signals()
-    supervisor.start()
-    log.info("%d %s workers", processes, job)
-    return supervisor.run()
-
-
-def python_executable() -> str:
-    """This environment's Python. Under uwsgi ``sys.executable`` is the uwsgi binary, so the
-    interpreter is found from ``sys.prefix`` (the virtual environment) instead."""
-    candidate = Path(sys.prefix) / "bin" / "python"
-    if Path(sys.executable).name.startswith("python") or not candidate.exists():
-        return sys.executable
-    return str(candidate)
-
-
-def worker_command(settings: Settings, job: str, *extra: str) -> list[str]:
-    """The command line that runs a worker for ``job`` with the same folders as ``settings``."""
-    alias = {v: k for k, v in config.JOB_ALIASES.items()}[job]
-    return [
-        python_executable(), "-m", "scai", "worker", alias,
-        "--session-dir", str(settings.session_dir), "--usr", str(settings.usr_dir), *extra,
-    ]  # fmt: skip
-
-
-def spawn_job(settings: Settings, job: str, session_id: str) -> subprocess.Popen:
-    """Job mode: one short-lived worker process for one session, reaped by a thread."""
-    command = worker_command(settings, job, "--runningmode", "job", "--session", session_id)
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, cwd=Path(__file__).parent.parent)
-    threading.Thread(target=process.wait, daemon=True).start()
-    return process

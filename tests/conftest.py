@@ -119,7 +119,7 @@ class Server:
             cwd=ROOT,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "SCAI_PUBLIC_URL": self.url, **(env or {})},
         )
         try:
             wait_for(self._healthy, 60, f"scai serve on port {self.port} (log: {log})")
@@ -158,3 +158,38 @@ def server(tmp_path_factory: pytest.TempPathFactory, usr: Path) -> Iterator[Serv
     running = Server(folder / "session", usr, folder / "serve.log")
     yield running
     running.stop()
+
+
+# -- the fast layer: the portal and a worker in this process, a fake model, no assets ----------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    from fakes import write_fake_usr
+
+    from scai.config import Settings
+
+    return Settings(session_dir=tmp_path / "session", usr_dir=write_fake_usr(tmp_path / "usr", "default", "other"))
+
+
+@pytest.fixture
+def client(settings):
+    from scai.portal import create_app
+
+    return create_app(settings).test_client()
+
+
+@pytest.fixture
+def fake_task():
+    from fakes import FakeTask
+
+    return FakeTask()
+
+
+@pytest.fixture
+def worker(settings, fake_task):
+    """The real Worker with the fake task; ``worker.drain()`` runs what is queued (burst mode)."""
+    from scai.config import CLASSIFICATION
+    from scai.worker import Worker
+
+    return Worker(settings, CLASSIFICATION, task=fake_task)

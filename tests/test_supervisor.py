@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import pytest
 from conftest import wait_for
@@ -46,6 +47,26 @@ def test_too_many_failures_in_the_window_stop_the_restarts(caplog: pytest.LogCap
     supervisor.start()
     wait_for(lambda: supervisor.check() or supervisor.children[0].given_up, 10, "the supervisor to give up")
     assert "exited with status 1; 1 failures in 60 s: not restarting it" in caplog.text
+
+
+def test_a_child_killed_after_it_started_well_is_always_restarted_quickly(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed every now and then (out of memory, kill -9) is not given up on."""
+    monkeypatch.setattr("scai.supervisor.STARTED_SECONDS", 0.3)
+    caplog.set_level(logging.WARNING, "scai.supervisor")
+    supervisor = Supervisor([child("sleeper", "import time; time.sleep(60)")], burst=2, window=60)
+    supervisor.start()
+    try:
+        sleeper = supervisor.children[0]
+        for _ in range(4):
+            started = sleeper.process
+            wait_for(lambda: time.monotonic() - sleeper.started_at > 0.3, 5, "a good start")
+            started.kill()
+            wait_for(lambda s=started: supervisor.check() or sleeper.process not in (None, s), 10, "the restart")
+        assert not supervisor.children[0].given_up and caplog.text.count("restarting it in 1 s") == 4
+    finally:
+        supervisor.stop(timeout=5)
 
 
 def test_stop_terminates_every_child() -> None:

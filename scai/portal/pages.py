@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, current_app, render_template, request
 
 bp = Blueprint("pages", __name__)
 
@@ -14,5 +14,7 @@ def index() -> str:
 
 @bp.get("/docs")
 def docs() -> str:
-    """curl examples that name this very server, so they work when pasted."""
-    return render_template("api.html", page="docs", base=request.url_root.rstrip("/"))
+    """curl examples that name this server as ``SCAI_PUBLIC_URL`` says, so they work when pasted;
+    without it, a placeholder: never the request's Host header, which any client can forge."""
+    public = current_app.extensions["scai"].public_url.rstrip("/")
+    return render_template("api.html", page="docs", base=public or f"http://SERVER{request.script_root}", public=public)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from flask import Response, abort, current_app, request, send_file
@@ -59,9 +60,9 @@ def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | 
     filename = secure_filename(upload.filename or "") or f"upload.{info.ext}"
     session_id, key = store().create(job, name, data, info.ext, filename, options or {})
     if settings().running_mode == "job":
-        from scai.worker import spawn_job
+        from scai.launcher import start_job_worker
 
-        spawn_job(settings(), job, session_id)
+        start_job_worker(settings(), job)
     return {"sessname": session_id, "sesskey": key, "filename": filename, "model": name}
 
 
@@ -136,7 +137,10 @@ def send_result_image(session_id: str, state: dict[str, Any]) -> Response:
     if not path.is_file():
         try:
             png = annotated_png(state, folder / state["input"], settings().max_pixels)
-            atomic_write(path, png)
         except (FileNotFoundError, imaging.InvalidImage):
             abort(404, "that file of the session is gone")
+        try:
+            atomic_write(path, png)
+        except OSError:  # a full disk: send it all the same, and draw it again next time
+            return send_file(io.BytesIO(png), mimetype="image/png", max_age=0, download_name=path.name)
     return send_session_file(session_id, state["result_image"])

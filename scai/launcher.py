@@ -1,0 +1,78 @@
+"""Starting worker processes: supervised groups for runtime mode, bounded short-lived ones for
+job mode. Kept apart from ``worker`` (the loop inside a worker process) so that the portal, which
+starts job-mode workers, never imports the worker's machinery.
+
+Job mode starts a worker process for an upload only while fewer than ``workers`` processes of
+that job kind run; each holds a slot (``SessionStore.take_slot``) and drains the pool before it
+exits, so uploads beyond the bound wait in the pool instead of each starting a TensorFlow process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from scai import config
+from scai.config import Settings
+from scai.sessions import SessionStore
+from scai.supervisor import Child, Supervisor
+
+log = logging.getLogger("scai.launcher")
+
+
+def python_executable() -> str:
+    """This environment's Python. Under uwsgi ``sys.executable`` is the uwsgi binary, so the
+    interpreter is found from ``sys.prefix`` (the virtual environment) instead."""
+    candidate = Path(sys.prefix) / "bin" / "python"
+    if Path(sys.executable).name.startswith("python") or not candidate.exists():
+        return sys.executable
+    return str(candidate)
+
+
+def worker_command(settings: Settings, job: str, *extra: str) -> list[str]:
+    """The command line that runs a worker for ``job`` with the same folders as ``settings``."""
+    alias = {v: k for k, v in config.JOB_ALIASES.items()}[job]
+    return [
+        python_executable(), "-m", "scai", "worker", alias,
+        "--session-dir", str(settings.session_dir), "--usr", str(settings.usr_dir), *extra,
+    ]  # fmt: skip
+
+
+def worker_group(settings: Settings, job: str, processes: int, *extra: str) -> list[Child]:
+    """``processes`` supervised workers for ``job``, each told how many siblings share the cores."""
+    alias = {v: k for k, v in config.JOB_ALIASES.items()}[job]
+    options = ("--siblings", str(processes), "--checktimeperoid", str(settings.rescan_seconds), *extra)
+    command = worker_command(settings, job, *options)
+    env = settings.to_env()
+    return [Child(f"{alias} worker {i + 1}/{processes}", command, env) for i in range(processes)]
+
+
+def run_group(settings: Settings, job: str, processes: int, *extra: str) -> int:
+    """``scai worker KIND --workers N``: N supervised worker processes, for one systemd unit."""
+    supervisor = Supervisor(worker_group(settings, job, processes, *extra))
+    supervisor.stop_on_signals()
+    supervisor.start()
+    log.info("%d %s workers", processes, job)
+    return supervisor.run()
+
+
+def start_job_worker(settings: Settings, job: str) -> subprocess.Popen | None:
+    """Job mode, after an upload was queued: a worker process that drains ``job``'s pool, unless
+    ``workers`` of them already run (they will take the upload too). Reaped by a thread."""
+    slots = settings.worker_processes(job)
+    store = SessionStore(settings.session_dir)
+    slot = store.take_slot(job, slots)  # a free slot now: a process will find it free, or
+    if slot is None:  # find a holder that looks at the pool after letting its slot go
+        return None
+
+    os.close(slot)
+    command = worker_command(settings, job, "--runningmode", "job", "--siblings", str(slots))
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, cwd=config.ROOT, env={**os.environ, **settings.to_env()}
+    )
+    threading.Thread(target=process.wait, daemon=True).start()
+    return process

@@ -1,0 +1,80 @@
+"""The API in process (Flask's test client) with a worker driven in burst mode and a fake model:
+the whole upload -> result path, bad input and a full disk, without assets."""
+
+from __future__ import annotations
+
+import errno
+import io
+
+import pytest
+from fakes import tiny_png
+
+from scai import sessions
+from scai.cleanup import clean
+from scai.sessions import SessionStore
+
+
+def upload(client, data: bytes, route: str = "/api/v1/classify?wait=0", field: str = "image"):
+    return client.post(route, data={field: (io.BytesIO(data), "a.png")}, content_type="multipart/form-data")
+
+
+def test_upload_then_result_through_the_worker(client, worker) -> None:
+    accepted = upload(client, tiny_png((1, 2, 3)))
+    assert accepted.status_code == 202
+    session_id, key = accepted.json["sessname"], accepted.json["sesskey"]
+    assert worker.drain() == 1
+    done = client.get(f"/api/v1/sessions/{session_id}", headers={"X-Session-Key": key})
+    assert done.status_code == 200 and done.json["predictions"] == [{"label": "#010203", "score": 1.0}]
+    legacy = client.get(f"/imageclassification/imgclassres?task={session_id}&key={key}")
+    assert legacy.status_code == 200 and legacy.json["result"] == {"#010203": "100.0%"}
+    assert client.get(f"/api/v1/sessions/{session_id}", headers={"X-Session-Key": key[:-1]}).status_code == 403
+
+
+def test_not_an_image_is_400_and_leaves_no_session(client, settings) -> None:
+    refused = upload(client, b"GIF89a but not really")
+    assert refused.status_code == 400 and refused.json["status"] == 400 and "image" in refused.json["message"]
+    assert SessionStore(settings.session_dir).sessions() == []
+
+
+def test_an_unknown_model_is_400_json(client) -> None:
+    refused = upload(client, tiny_png(), route="/api/v1/classify?model=nope")
+    assert refused.status_code == 400 and "unknown model 'nope'" in refused.json["message"]
+
+
+def test_a_full_disk_is_507_json_and_leaves_no_empty_folder(client, settings, monkeypatch) -> None:
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sessions, "write_json", full)  # the upload itself was written, its state not
+    refused = upload(client, tiny_png())
+    assert refused.status_code == 507, refused.data
+    assert refused.json == {
+        "error": "Insufficient Storage",
+        "message": "the server's disk is full: the upload was not stored; try again later",
+        "status": 507,
+    }
+    store = SessionStore(settings.session_dir)
+    assert store.sessions() == [] and store.pending("image_classification") == []
+    monkeypatch.undo()
+    assert upload(client, tiny_png()).status_code == 202, "uploads work again once space is free"
+
+
+def test_the_cleaner_leaves_a_session_being_created_alone(settings, monkeypatch) -> None:
+    store = SessionStore(settings.session_dir)
+    seen = []
+
+    def clean_meanwhile(path, value) -> None:  # the cleaner runs between the upload and its state
+        seen.append(clean(settings.session_dir, 0))
+        original(path, value)
+
+    original = sessions.write_json
+    monkeypatch.setattr(sessions, "write_json", clean_meanwhile)
+    session_id, _ = store.create("image_classification", "default", tiny_png(), "png", "a.png")
+    assert seen == [([], 1)], "the half-made session was kept, even with a keep time of 0"
+    assert store.state(session_id)["state"] == "initialization" and store.pending("image_classification")
+
+
+@pytest.mark.parametrize("route", ["/", "/docs", "/api/v1/models"])
+def test_pages_do_not_reflect_the_host_header(client, route: str) -> None:
+    page = client.get(route, headers={"Host": "evil.example"})
+    assert page.status_code == 200 and b"evil.example" not in page.data
