@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="runtime mode: run N supervised worker processes (auto: as scai serve sizes them)",
     )
     worker.add_argument("--siblings", type=int, default=1, help=argparse.SUPPRESS)  # set by the supervisor
+    worker.add_argument("--slot-fd", type=int, help=argparse.SUPPRESS)  # job mode: a slot the portal took
     _folders(worker)
 
     classify = commands.add_parser("classify", help="classify one image file and print the labels")
@@ -231,7 +232,7 @@ def run_worker(args: argparse.Namespace) -> int:
     processes = settings.worker_processes(job)
     if args.runningmode == "runtime" and processes > 1:
         return run_group(settings, job, processes, *(("--usedconfig", args.usedconfig) if args.usedconfig else ()))
-    return run(settings, job, args.runningmode, args.usedconfig, args.session, args.siblings)
+    return run(settings, job, args.runningmode, args.usedconfig, args.session, args.siblings, args.slot_fd)
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: object) -> object:

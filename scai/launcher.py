@@ -62,17 +62,20 @@ def run_group(settings: Settings, job: str, processes: int, *extra: str) -> int:
 
 def start_job_worker(settings: Settings, job: str) -> subprocess.Popen | None:
     """Job mode, after an upload was queued: a worker process that drains ``job``'s pool, unless
-    ``workers`` of them already run (they will take the upload too). Reaped by a thread."""
+    ``workers`` of them already run (a holder looks at the pool again after letting its slot go,
+    so it takes this upload too). The slot is taken here and handed to the child, which inherits
+    the lock: the bound holds across every portal process, with no window. Reaped by a thread."""
     slots = settings.worker_processes(job)
-    store = SessionStore(settings.session_dir)
-    slot = store.take_slot(job, slots)  # a free slot now: a process will find it free, or
-    if slot is None:  # find a holder that looks at the pool after letting its slot go
+    slot = SessionStore(settings.session_dir).take_slot(job, slots)
+    if slot is None:
         return None
-
-    os.close(slot)
-    command = worker_command(settings, job, "--runningmode", "job", "--siblings", str(slots))
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, cwd=config.ROOT, env={**os.environ, **settings.to_env()}
-    )
+    try:
+        command = worker_command(
+            settings, job, "--runningmode", "job", "--siblings", str(slots), "--slot-fd", str(slot)
+        )
+        env = {**os.environ, **settings.to_env()}
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, cwd=config.ROOT, env=env, pass_fds=(slot,))
+    finally:
+        os.close(slot)  # the child's copy holds the lock now
     threading.Thread(target=process.wait, daemon=True).start()
     return process

@@ -278,20 +278,20 @@ class Worker:
             log.info("took back %d sessions from a worker that died", len(recovered))
         self.candidates = deque(self.store.pending(self.job))
 
-    def run_job(self, session_id: str | None = None, slots: int = 1) -> int:
+    def run_job(self, session_id: str | None = None, slots: int = 1, held: int | None = None) -> int:
         """Job mode: process one named session, or, holding one of ``slots`` job slots of this
-        job kind, everything pending, then return. Without a free slot it returns at once: the
-        slot holders drain the pool, and each looks at the pool again after letting its slot go,
-        so a session queued while they finished is never left behind."""
+        job kind (``held``: one handed over by the portal), everything pending, then return.
+        Without a free slot it returns at once: the slot holders drain the pool, and each looks
+        at the pool again after letting its slot go, so no session queued meanwhile is left behind."""
         if session_id is None:
             taken = 0
-            while (slot := self.store.take_slot(self.job, slots)) is not None:
+            slot = held if held is not None else self.store.take_slot(self.job, slots)
+            while slot is not None:
                 try:
                     taken += self.drain()
                 finally:
                     os.close(slot)
-                if not self.store.pending(self.job):
-                    break
+                slot = self.store.take_slot(self.job, slots) if self.store.pending(self.job) else None
             return taken
         claim = self.store.claim(self.job, session_id)
         if claim is None:
@@ -313,12 +313,13 @@ def run(
     model: str | None = None,
     session: str | None = None,
     siblings: int = 1,
+    slot_fd: int | None = None,
 ) -> int:
     """The ``scai worker`` command: runtime mode serves until stopped, job mode once.
     ``siblings``: how many worker processes share this pool (and the cores) with this one."""
     worker = Worker(settings, job, siblings)
     if mode == "job":
-        worker.run_job(session, siblings)
+        worker.run_job(session, siblings, slot_fd)
         return 0
     worker.preload([model] if model else None)
     signal.signal(signal.SIGTERM, worker.stop)

@@ -27,6 +27,7 @@ UWSGI = Path(sys.executable).parent / "uwsgi"
 
 pytestmark = [
     needs_assets,
+    pytest.mark.slow,
     pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed (apt-get install nginx)"),
     pytest.mark.skipif(not UWSGI.exists(), reason=f"uwsgi is not installed in {UWSGI.parent}"),
 ]

@@ -19,7 +19,7 @@ from scai import config
 from scai.config import ConfigError, ModelSpec
 from scai.engines import load_detector
 
-pytestmark = needs_assets
+pytestmark = [needs_assets, pytest.mark.slow]
 
 
 def reference_detections() -> dict[str, list[tuple[str, float, list[float]]]]:

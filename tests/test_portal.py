@@ -26,7 +26,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
 
-pytestmark = needs_assets
+pytestmark = [needs_assets, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

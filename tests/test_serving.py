@@ -20,7 +20,7 @@ from scai.sessions import SessionStore
 from scai.tasks import DetectionTask, Item, annotated_png
 from scai.worker import Worker
 
-pytestmark = needs_assets
+pytestmark = [needs_assets, pytest.mark.slow]
 
 
 def watching(log: Path) -> set[str]:

@@ -14,7 +14,7 @@ from PIL import Image
 from scai.train.dataset import scan, split
 
 FLOWERS = ASSETS / "datasets" / "flower_photos_small"
-pytestmark = needs_assets
+pytestmark = [needs_assets, pytest.mark.slow]
 
 
 def scai(*args: str, check: bool = True) -> subprocess.CompletedProcess:

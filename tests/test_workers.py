@@ -16,7 +16,7 @@ from scai.config import Settings
 from scai.portal import create_app
 from scai.sessions import SessionStore
 
-pytestmark = needs_assets
+pytestmark = [needs_assets, pytest.mark.slow]
 JOB = "image_classification"
 
 

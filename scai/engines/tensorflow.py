@@ -14,6 +14,7 @@ from PIL import Image
 
 from scai.config import ConfigError, ModelSpec
 from scai.engines.base import Classifier, Detections, Detector, normalise
+from scai.imaging import DRAFT_MARGIN
 
 
 def import_tensorflow() -> Any:
@@ -144,11 +145,30 @@ def odapi_detections(outputs: dict[str, np.ndarray]) -> Detections:
     )
 
 
-class ODAPIGraphDetector(Detector):
-    """A TF1 Object Detection API frozen graph: ``image_tensor:0`` uint8 [1, H, W, 3] in, the
-    four ``detection_*`` tensors out. The graph resizes the image itself."""
+#: Object Detection API graphs resize an image themselves (to 300x300 for SSDs, a few hundred
+#: pixels a side for the others), so they get at most this many pixels a side: fed a 7000x7000
+#: upload whole, the graph's own float copies took gigabytes.
+ODAPI_LARGEST_SIDE = 2048
+
+
+class ODAPIDetector(Detector):
+    """What both Object Detection API formats share: ids from 1, and images bounded in size."""
 
     first_class_id = 1
+    #: The worker drafts a JPEG to cover DRAFT_MARGIN times this, i.e. ODAPI_LARGEST_SIDE a side.
+    input_size = (ODAPI_LARGEST_SIDE // DRAFT_MARGIN,) * 2
+
+    def shrink(self, image: Image.Image) -> Image.Image:
+        scale = ODAPI_LARGEST_SIDE / max(image.size)
+        if scale >= 1:
+            return image
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+
+
+class ODAPIGraphDetector(ODAPIDetector):
+    """A TF1 Object Detection API frozen graph: ``image_tensor:0`` uint8 [1, H, W, 3] in, the
+    four ``detection_*`` tensors out."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
@@ -161,11 +181,9 @@ class ODAPIGraphDetector(Detector):
         return odapi_detections(self.graph.session.run(self.outputs, feed))
 
 
-class ODAPISavedModelDetector(Detector):
+class ODAPISavedModelDetector(ODAPIDetector):
     """A TF2 Object Detection API SavedModel: ``serving_default`` takes ``input_tensor`` uint8
     [1, H, W, 3] and answers the four ``detection_*`` outputs."""
-
-    first_class_id = 1
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
