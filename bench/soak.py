@@ -17,8 +17,9 @@ What a passing run proves (exit status 0):
   * every scan bomb (a progressive JPEG of 100,000 scans, which once kept a worker busy for
     minutes) is refused with a JSON 4xx, or ends as a failed session soon;
   * no worker dies but by the killer's hand (a crash shows as a restart the killer did not
-    cause), the supervisor never gives up on one (the killer stays inside its restart rule, see
-    ``GiveUpRule``), and ``scai serve`` stops on SIGTERM with no process left behind.
+    cause), the supervisor never gives up on one (a worker that ran ``STARTED_SECONDS`` had
+    started well and is back after 1 s, see ``scai.supervisor``), and ``scai serve`` stops on
+    SIGTERM with no process left behind.
 It also samples every 2 s the resident memory (VmRSS) of each worker (by kind) and portal
 process, so that "RSS stays flat" can be judged from the first and the last minute.
 
@@ -33,12 +34,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import inspect
 import io
 import json
 import mimetypes
 import os
-import random
 import re
 import shutil
 import signal
@@ -58,7 +57,7 @@ import requests
 from PIL import Image
 
 from scai.sessions import SESSION_ID_RE
-from scai.supervisor import Supervisor
+from scai.supervisor import STARTED_SECONDS, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -103,6 +102,12 @@ def proc_stat(pid: int) -> list[str] | None:
     except OSError:
         return None
     return text[text.rindex(")") + 2 :].split()
+
+
+def started_ticks(pid: int) -> int:
+    """When the process started (clock ticks since boot; 0 if it is gone)."""
+    stat = proc_stat(pid)
+    return int(stat[19]) if stat else 0  # field 22 of proc(5), counted from the state
 
 
 def cmdline(pid: int) -> list[str]:
@@ -312,55 +317,28 @@ class LogTail:
 # --- the killer ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GiveUpRule:
-    """The supervisor's restart limit, read from ``Supervisor`` itself: a child that dies ``burst``
-    times within ``window`` seconds is not restarted (every death counts, also those after a long
-    healthy run; a slot's count only falls as deaths age out of the window). The killer allows a
-    slot at most ``burst - 2`` deaths per window (plus a margin for clock skew), leaving room for
-    one death it did not cause."""
-
-    burst: int
-    window: float
-
-    @classmethod
-    def of_supervisor(cls) -> GiveUpRule:
-        parameters = inspect.signature(Supervisor.__init__).parameters
-        return cls(parameters["burst"].default, parameters["window"].default)
-
-    @property
-    def allowed(self) -> int:
-        return self.burst - 2
-
-    @property
-    def horizon(self) -> float:
-        return self.window + 15.0
-
-    def explain(self, slots: int, kill_every: float) -> str:
-        per_slot = self.window / kill_every / max(1, slots)
-        verdict = "would exceed" if per_slot >= self.burst else "stays under"
-        return (
-            f"supervisor gives a worker slot up after {self.burst} deaths within {self.window:.0f} s; "
-            f"a kill every {kill_every:g} s over {slots} slots is {per_slot:.1f} deaths per slot per window, "
-            f"which {verdict} it; so the killer kills the slot with the fewest recent deaths and skips a "
-            f"kill that would give a slot more than {self.allowed} deaths in {self.horizon:.0f} s"
-        )
+def restart_rule(slots: int, kill_every: float) -> str:
+    """How the supervisor treats this killing (for the report)."""
+    return (
+        f"a kill every {kill_every:g} s of the longest-running of {slots} workers (each then lived about "
+        f"{slots * kill_every:g} s); the supervisor restarts a worker that ran {STARTED_SECONDS:g} s after 1 s, "
+        f"and gives up only after {Supervisor.__init__.__kwdefaults__['burst']} quicker deaths"
+    )
 
 
 @dataclass
 class KillerStats:
     kills: int = 0
     by_slot: Counter = field(default_factory=Counter)
-    skipped_guard: int = 0
     skipped_no_worker: int = 0
 
 
 class Killer:
-    """Every ``every`` seconds, SIGKILL one worker of the supervisor: the slot with the fewest
-    recent deaths (random among equals), so kills go round the slots and none is given up."""
+    """Every ``every`` seconds, SIGKILL the worker that has run longest, so the kills go round
+    every worker as an out-of-memory killer or an operator might."""
 
-    def __init__(self, server: Server, tail: LogTail, rule: GiveUpRule, every: float) -> None:
-        self.server, self.tail, self.rule, self.every = server, tail, rule, every
+    def __init__(self, server: Server, tail: LogTail, every: float) -> None:
+        self.server, self.tail, self.every = server, tail, every
         self.kills: dict[int, tuple[str, float]] = {}  # pid -> (slot, when killed)
         self.wall: list[tuple[float, str, int]] = []  # (time.time(), slot, pid): to set beside session stamps
         self.stats = KillerStats()
@@ -370,26 +348,15 @@ class Killer:
             self.tail.poll()
             self.kill_one()
 
-    def recent_deaths(self, now: float) -> Counter:
-        """Deaths per slot within the rule's horizon: this killer's kills and the supervisor's
-        reports of any death (the same death counted once, by pid)."""
-        deaths = {**self.tail.death_times(), **self.kills}
-        return Counter(slot for slot, when in deaths.values() if now - when < self.rule.horizon)
-
     def kill_one(self) -> None:
         now = time.monotonic()
         workers = workers_of(self.server.pid)
         slots = {pid: slot for pid in workers if (slot := self.tail.slot(pid))}
         if not slots:
-            self.stats.skipped_no_worker += 1  # every slot is waiting out its restart delay
+            self.stats.skipped_no_worker += 1  # every worker is waiting out its restart delay
             return
-        recent = self.recent_deaths(now)
-        eligible = [(recent[slot], random.random(), pid, slot) for pid, slot in slots.items()]
-        eligible = [choice for choice in eligible if choice[0] < self.rule.allowed]
-        if not eligible:
-            self.stats.skipped_guard += 1
-            return
-        _, _, pid, slot = min(eligible)
+        pid = min(slots, key=started_ticks)
+        slot = slots[pid]
         if worker_kind(cmdline(pid)) is None:  # it ended a moment ago (and its pid may be reused)
             return
         with contextlib.suppress(ProcessLookupError):
@@ -927,8 +894,7 @@ class Run:
         self.clock = Clock()
         self.recorder = Recorder()
         self.tail = LogTail(server.log)
-        self.rule = GiveUpRule.of_supervisor()
-        self.killer = Killer(server, self.tail, self.rule, args.kill_every)
+        self.killer = Killer(server, self.tail, args.kill_every)
         self.samples: list[Sample] = []
         self.cleaner = CleanerStats()
         self.deadline = client_deadline(args.keep)
@@ -1000,7 +966,6 @@ def report(run: Run, ended: dict[str, Any], stopped: dict[str, Any], restart_rul
             "give_up_rule": restart_rule,
             "kills": killed.kills,
             "kills_by_slot": dict(killed.by_slot),
-            "kills_skipped_by_guard": killed.skipped_guard,
             "kills_skipped_no_worker_up": killed.skipped_no_worker,
             "restarts_logged": sum(facts.restarts.values()),
             "restarts_by_cause": dict(facts.restarts),
@@ -1063,8 +1028,8 @@ def print_summary(result: dict[str, Any]) -> None:
     for entry in sessions["complete_without_log_line"][:5]:
         print(f"    no log line: {entry}")
     print(
-        f"workers: {workers['kills']} kills {workers['kills_by_slot']}, skipped {workers['kills_skipped_by_guard']} "
-        f"(guard) + {workers['kills_skipped_no_worker_up']} (none up); {workers['restarts_logged']} restarts "
+        f"workers: {workers['kills']} kills {workers['kills_by_slot']}, skipped "
+        f"{workers['kills_skipped_no_worker_up']} (none up); {workers['restarts_logged']} restarts "
         f"logged {workers['restarts_by_cause']}; not by the killer: {workers['deaths_not_caused_by_killer']}; "
         f"given up: {len(workers['given_up'])}; sessions taken back: "
         f"{workers['sessions_taken_back_from_dead_workers']}; tracebacks in the log: {workers['tracebacks_in_log']}"
@@ -1126,7 +1091,7 @@ def main() -> int:
         wait_healthy(server)
         run = Run(args, server)
         run.tail.poll()
-        rule = run.rule.explain(len(workers_of(server.pid)), args.kill_every)
+        rule = restart_rule(len(workers_of(server.pid)), args.kill_every)
         print(f"healthy; {len(photos)} photos; {rule}", flush=True)
         ended = run.go(photos)
         ended["recheck_after_drain"] = recheck(server, run.recorder.uploads)

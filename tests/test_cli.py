@@ -8,6 +8,11 @@ import subprocess
 import pytest
 from conftest import CLASSIFY_MODELS, IMAGES, ROOT, needs_assets, scai_command
 
+from scai.cli import main
+from scai.config import DETECTION, Settings, load_models
+from scai.engines.base import Detector
+from scai.errors import ConfigError, ScaiError
+
 
 def scai(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(scai_command(*args), cwd=ROOT, capture_output=True, text=True, check=check)
@@ -49,3 +54,55 @@ def test_classify_reports_bad_input_without_a_traceback(tmp_path) -> None:
     assert run.returncode == 1 and "not a readable image" in run.stderr and "Traceback" not in run.stderr
     run = scai("classify", str(text), "--model", "nope", check=False)
     assert run.returncode == 2 and "unknown model 'nope'" in run.stderr
+
+
+def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """``scai ARGS`` in this process: its exit status and what it printed on stderr."""
+    status = main(list(args))
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("[default]\nGRAPH = m.tflite\nINPUT_MEAN = half\n", "INPUT_MEAN must be a number, not 'half'"),
+        ("[default]\nGRAPH = m.tflite\nINPUT_SIZE = big\n", "INPUT_SIZE must be 'N' or 'H,W', not 'big'"),
+        ("[default]\nLABELS = l.txt\n", "names no model"),
+    ],
+)
+def test_a_broken_model_section_is_one_line_and_exit_2(tmp_path, capsys, config: str, message: str) -> None:
+    (tmp_path / "image_classification.config").write_text(config)
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG")
+    status, err = run_main(capsys, "classify", str(tmp_path / "photo.png"), "--usr", str(tmp_path))
+    assert status == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_label_map_item_without_an_id_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "labels.pbtxt").write_text("item { name: 'person' }\n")
+    (tmp_path / "object_detection.config").write_text(
+        f"[default]\nPATH_TO_CKPT = {tmp_path / 'graph.pb'}\nPATH_TO_LABELS = {tmp_path / 'labels.pbtxt'}\n"
+    )
+
+    class Bare(Detector):
+        def detect_one(self, image):  # never reached: the label map is read first
+            raise AssertionError
+
+    spec = load_models(tmp_path, DETECTION)["default"]
+    with pytest.raises(ConfigError, match="label map item without an id") as raised:
+        Bare(spec)
+    assert isinstance(raised.value, ScaiError) and raised.value.exit_code == 2
+
+
+def test_a_setting_that_does_not_parse_names_its_variable(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("SCAI_BATCH_SIZE", "eight")
+    status, err = run_main(capsys, "clean", "--sessionpath", str(tmp_path))
+    assert status == 2 and err.startswith("scai: SCAI_BATCH_SIZE='eight' is not valid") and err.count("\n") == 1
+
+
+def test_flags_override_the_environment_which_overrides_the_defaults(monkeypatch) -> None:
+    monkeypatch.setenv("SCAI_KEEP_SECONDS", "60")
+    assert Settings().keep_seconds == 86400, "Settings() alone is the defaults"
+    assert Settings.from_env().keep_seconds == 60
+    assert Settings.from_env(keep_seconds=5.0).keep_seconds == 5.0
+    assert Settings.from_env(keep_seconds=None).keep_seconds == 60, "a flag not given changes nothing"
+    assert Settings.from_env().to_env()["SCAI_KEEP_SECONDS"] == "60.0"

@@ -177,6 +177,11 @@ def test_detect_through_nginx_and_fetch_the_images(deployment: Deployment) -> No
     assert requests.get(deployment.url + done["links"]["output"]).content == annotated.content
 
 
+def test_nginx_answers_an_oversized_header_in_json(deployment: Deployment) -> None:
+    response = requests.get(f"{deployment.url}/api/v1/models", headers={"X-Big": "a" * 20000})
+    assert response.status_code == 431 and response.json()["status"] == 431, response.text[:300]
+
+
 def test_nginx_refuses_an_upload_over_the_limit_in_json(deployment: Deployment) -> None:
     before = deployment.uwsgi_log().count("POST /api/v1/classify")
     big = os.urandom(1024 * 1024 + 4096)
