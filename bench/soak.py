@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from compare import stop_on_sigterm  # bench/, this script's folder
 from PIL import Image
 
 from scai.sessions import SESSION_ID_RE
@@ -1070,15 +1071,6 @@ def parse_args() -> argparse.Namespace:
     if args.keep < 2 * KEEP_MARGIN:
         parser.error(f"--keep must be at least {2 * KEEP_MARGIN:g} s: clients wait up to keep - {KEEP_MARGIN:g} s")
     return args
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, so the server is stopped."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def main() -> int:

@@ -180,3 +180,22 @@ def test_a_batch_runs_in_one_call_where_the_model_takes_one() -> None:
     one_by_one = np.concatenate([engine.run(pixels[i : i + 1]) for i in range(len(names))])
     engine.batch = make_interpreter(engine.spec.path, 1, BATCH)  # as if the probe had found it faster
     assert np.allclose(engine.run(pixels), one_by_one, atol=1e-5), "a batch of 4, then 2 one by one"
+
+
+@needs_assets
+def test_the_tflite_ssd_normalises_as_its_section_says() -> None:
+    """INPUT_MEAN / INPUT_STD reach the SSD detector too (it once used 127.5 whatever was set)."""
+    from conftest import DETECT_MODELS
+
+    from scai.engines import load_detector
+
+    model, labels = DETECT_MODELS / "ssd_mobilenet_v1_coco_quant.tflite", DETECT_MODELS / "coco_labels.txt"
+    image = photo("grace_hopper.jpg")
+
+    def scores(**normalisation: float) -> np.ndarray:
+        section = ModelSpec("coco", config.DETECTION, model, labels, **normalisation)
+        return load_detector(section).detect_one(image).scores
+
+    raw = scores()
+    assert np.allclose(scores(input_mean=128.0, input_std=128.0), raw, atol=0.02), "the model's own scale"
+    assert not np.allclose(scores(input_mean=0.0, input_std=255.0), raw, atol=0.02), "a different scale is used"
