@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -69,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--session", metavar="ID", help="job mode: process only this session")
     worker.add_argument(
         "--workers",
-        default="1",
         metavar="auto|N",
-        help="runtime mode: run N supervised worker processes (auto: as scai serve sizes them)",
+        help="runtime mode: run N supervised worker processes (auto: as scai serve sizes them; "
+        "default: env SCAI_WORKERS, else 1)",
     )
     worker.add_argument("--siblings", type=int, default=1, help=argparse.SUPPRESS)  # set by the supervisor
     worker.add_argument("--slot-fd", type=int, help=argparse.SUPPRESS)  # job mode: a slot the portal took
@@ -227,7 +228,8 @@ def run_worker(args: argparse.Namespace) -> int:
     from scai.launcher import run_group
     from scai.worker import run
 
-    settings = _settings(args, rescan_seconds=args.checktimeperoid, workers=args.workers)
+    workers = args.workers or (None if os.environ.get("SCAI_WORKERS") else "1")  # one process unless asked
+    settings = _settings(args, rescan_seconds=args.checktimeperoid, workers=workers)
     job = config.JOB_ALIASES[args.kind]
     processes = settings.worker_processes(job)
     if args.runningmode == "runtime" and processes > 1:

@@ -126,7 +126,6 @@ class Settings:
     threads: int = setting(0, "SCAI_THREADS", "interpreter threads of each worker (0: from the cores)")
     queue_limit: int = setting(1000, "SCAI_QUEUE_LIMIT", "sessions that may wait per job kind before 503 (0: none)")
     retry_after_seconds: int = setting(5, help="Retry-After of a 503 for a full queue")
-    job_processes: str = setting("auto", "SCAI_JOB_PROCESSES", "job mode: worker processes at once per job kind")
     public_url: str = setting(
         "", "SCAI_PUBLIC_URL", "the address clients use, for /docs examples (e.g. https://ai.example)"
     )
@@ -138,9 +137,12 @@ class Settings:
         if self.running_mode not in ("runtime", "job"):
             raise ConfigError(f"running mode must be 'runtime' or 'job', not {self.running_mode!r}")
         parse_count(self.workers, "workers")
-        parse_count(self.job_processes, "job processes")
-        if self.batch_size < 1 or self.max_upload_mb < 1 or self.max_pixels < 1:
-            raise ConfigError("batch size, upload limit and pixel limit must be positive")
+        if min(self.batch_size, self.max_upload_mb, self.max_pixels) < 1:
+            raise ConfigError("the batch size, the upload limit and the pixel limit must be at least 1")
+        if not 0 < self.rescan_seconds < float("inf") or not 0 <= self.keep_seconds < float("inf"):
+            raise ConfigError("the rescan time must be above 0 s and the keep time at least 0 s")
+        if min(self.queue_limit, self.threads) < 0:
+            raise ConfigError("the queue limit and the thread count must be 0 or more")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -123,7 +123,8 @@ def _reduced(image: Image.Image, fit: tuple[int, int]) -> Image.Image:
 def upright_size(source: bytes | Path, max_pixels: int) -> tuple[int, int]:
     """(width, height) of the image as ``load_rgb`` returns it at full size, from its header."""
     image = _open(source, max_pixels)
-    transposed = image.getexif().get(ORIENTATION_TAG, 1) in TRANSPOSED
+    # Pillow's TIFF reader applies the orientation itself: its size is upright already.
+    transposed = image.format != "TIFF" and image.getexif().get(ORIENTATION_TAG, 1) in TRANSPOSED
     return (image.height, image.width) if transposed else image.size
 
 

@@ -45,7 +45,15 @@ def worker_command(settings: Settings, job: str, *extra: str) -> list[str]:
 def worker_group(settings: Settings, job: str, processes: int, *extra: str) -> list[Child]:
     """``processes`` supervised workers for ``job``, each told how many siblings share the cores."""
     alias = {v: k for k, v in config.JOB_ALIASES.items()}[job]
-    options = ("--siblings", str(processes), "--checktimeperoid", str(settings.rescan_seconds), *extra)
+    options = (
+        "--workers",
+        "1",
+        "--siblings",
+        str(processes),
+        "--checktimeperoid",
+        str(settings.rescan_seconds),
+        *extra,
+    )
     command = worker_command(settings, job, *options)
     env = settings.to_env()
     return [Child(f"{alias} worker {i + 1}/{processes}", command, env) for i in range(processes)]

@@ -147,8 +147,8 @@ class SessionStore:
         """Store an upload as a new session, then queue it; returns (id, key)."""
         session_id, key = new_session_id(), new_key()
         folder = self.path(session_id)
-        folder.mkdir(parents=True)
         try:
+            folder.mkdir(parents=True)
             self._fill(folder, job, model, image, ext, filename, options, key)
             self.enqueue(job, session_id)
         except OSError as error:  # nothing half-made stays behind: no folder without a marker
@@ -293,6 +293,9 @@ class SessionStore:
         except (BlockingIOError, FileNotFoundError):
             os.close(fd)
             return None
+        except BaseException:  # a full disk, say: no lock may outlive the attempt
+            os.close(fd)
+            raise
         return Claim(job, session_id, target, fd)
 
     def take_slot(self, job: str, slots: int) -> int | None:

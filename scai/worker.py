@@ -108,10 +108,15 @@ class Worker:
         """Claim what is waiting among the candidates, up to the claim limit; never waits."""
         claims: list[Claim] = []
         limit = self.claim_limit()
-        while self.candidates and len(claims) < limit:
-            claim = self.store.claim(self.job, self.candidates.popleft())
-            if claim:
-                claims.append(claim)
+        try:
+            while self.candidates and len(claims) < limit:
+                claim = self.store.claim(self.job, self.candidates.popleft())
+                if claim:
+                    claims.append(claim)
+        except BaseException:  # let go of what was taken: the next recovery hands it out again
+            for claim in claims:
+                self.store.release(claim)
+            raise
         return claims
 
     def drain(self) -> int:
@@ -288,6 +293,7 @@ class Worker:
             slot = held if held is not None else self.store.take_slot(self.job, slots)
             while slot is not None:
                 try:
+                    self.store.recover(self.job)  # claims of a job process that died, or could not write
                     taken += self.drain()
                 finally:
                     os.close(slot)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 
 import pytest
 from fakes import tiny_png
@@ -78,3 +79,52 @@ def test_the_cleaner_leaves_a_session_being_created_alone(settings, monkeypatch)
 def test_pages_do_not_reflect_the_host_header(client, route: str) -> None:
     page = client.get(route, headers={"Host": "evil.example"})
     assert page.status_code == 200 and b"evil.example" not in page.data
+
+
+def test_a_full_disk_at_the_folder_itself_is_507(client, settings, monkeypatch) -> None:
+    def no_inodes(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sessions.Path, "mkdir", no_inodes)
+    assert upload(client, tiny_png()).status_code == 507
+
+
+def job_mode(settings):
+    from scai.portal import create_app
+
+    settings.running_mode = "job"
+    return create_app(settings).test_client()
+
+
+def test_job_mode_answers_202_when_no_worker_process_can_start(settings, monkeypatch) -> None:
+    def refuse(*_: object, **__: object) -> None:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr("scai.launcher.subprocess.Popen", refuse)
+    accepted = upload(job_mode(settings), tiny_png())
+    assert accepted.status_code == 202, "stored and queued: a later worker takes it"
+    assert SessionStore(settings.session_dir).pending("image_classification") == [accepted.json["sessname"]]
+
+
+def test_job_mode_starts_a_worker_for_a_waiting_session_whose_worker_died(settings) -> None:
+    """The slot holder that would have taken the upload was killed: looking at the session
+    starts a worker (here it fails the session: the fake model file does not exist)."""
+    from conftest import wait_for
+
+    client, store = job_mode(settings), SessionStore(settings.session_dir)
+    holder = store.take_slot("image_classification", settings.worker_processes("image_classification"))
+    accepted = upload(client, tiny_png())
+    session_id, key = accepted.json["sessname"], accepted.json["sesskey"]
+    assert store.pending("image_classification") == [session_id], "the holder would have taken it"
+    os.close(holder)  # ... but it died
+    status = client.get(f"/api/v1/sessions/{session_id}?wait=20", headers={"X-Session-Key": key})
+    assert status.status_code == 422 and "unavailable" in status.json["message"]
+    wait_for(lambda: store.take_slot("image_classification", 1), 10, "the job process to exit")
+
+
+def test_settings_that_would_break_a_worker_are_refused() -> None:
+    from scai.config import ConfigError, Settings
+
+    for variable, value in [("SCAI_RESCAN_SECONDS", "0"), ("SCAI_RESCAN_SECONDS", "nan"), ("SCAI_QUEUE_LIMIT", "-1")]:
+        with pytest.raises(ConfigError):
+            Settings.from_env({variable: value})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,14 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
     for check in (imaging.inspect, imaging.load_rgb):  # the portal refuses it; a worker never decodes it
         with pytest.raises(imaging.InvalidImage, match="100000 scans"):
             check(bomb, LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF", "PNG"])
+def test_the_upright_size_is_the_decoded_size_whatever_the_format(fmt: str) -> None:
+    """Pillow turns a TIFF upright itself while other formats are turned by us: never twice."""
+    exif = Image.Exif()
+    exif[imaging.ORIENTATION_TAG] = 6
+    out = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(out, fmt, exif=exif.tobytes())
+    data = out.getvalue()
+    assert imaging.upright_size(data, LIMIT) == imaging.load_rgb(data, LIMIT).size == (200, 300)

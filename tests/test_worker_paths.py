@@ -4,6 +4,7 @@ disk, sessions that vanish, job mode's bound. Milliseconds each, no assets neede
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 
 import pytest
@@ -106,9 +107,37 @@ def test_job_mode_runs_at_most_n_processes_and_the_slot_holder_drains_the_pool(s
     assert None not in held and store.take_slot(JOB, 2) is None, "a third process would exit at once"
     ids = [queue(store) for _ in range(3)]
     assert Worker(settings, JOB, task=FakeTask()).run_job(slots=2) == 0, "no slot: nothing taken"
-    import os
-
     os.close(held.pop())
     assert Worker(settings, JOB, task=FakeTask()).run_job(slots=2) == 3, "one slot free: it drains everything"
     assert all(store.state(i)["state"] == COMPLETE for i in ids)
     os.close(held.pop())
+
+
+def test_job_mode_takes_back_a_claim_its_predecessor_could_not_finish(settings) -> None:
+    """A job process that died, or could not write its result, left a claim: the next one runs it."""
+    store = SessionStore(settings.session_dir)
+    session_id = queue(store)
+    store.release(store.claim(JOB, session_id))
+    assert store.pending(JOB) == []
+    assert Worker(settings, JOB, task=FakeTask()).run_job(slots=1) == 1
+    assert store.state(session_id)["state"] == COMPLETE
+
+
+def test_a_claim_that_fails_midway_holds_no_lock(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = [queue(worker.store, (0, 0, i)) for i in range(2)]
+    worker.engine("default")  # a batching model: both are claimed in one go
+    real_rename = os.rename
+
+    def rename_once_full(source, target) -> None:
+        if str(source).endswith(ids[1]):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_rename(source, target)
+
+    monkeypatch.setattr(sessions.os, "rename", rename_once_full)
+    worker.candidates.extend(ids)
+    with pytest.raises(OSError):
+        worker.claim_batch()
+    monkeypatch.undo()
+    worker.rescan()  # what the loop does after a store error: the first claim comes back too
+    assert worker.drain() == 2
+    assert [worker.store.state(i)["state"] for i in ids] == [COMPLETE, COMPLETE]

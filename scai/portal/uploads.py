@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from typing import Any
 
 from flask import Response, abort, current_app, request, send_file
@@ -11,8 +12,10 @@ from werkzeug.utils import secure_filename
 from scai import config, imaging
 from scai.config import DETECTION, Settings
 from scai.errors import QueueFull
-from scai.sessions import SessionNotFound, SessionStore, atomic_write, is_session_id, key_matches
+from scai.sessions import INITIALIZATION, SessionNotFound, SessionStore, atomic_write, is_session_id, key_matches
 from scai.tasks import annotated_png
+
+log = logging.getLogger("scai.portal")
 
 #: Multipart fields an image may arrive in: ``photo`` (original clients) or ``image``.
 UPLOAD_FIELDS = ("photo", "image")
@@ -59,11 +62,23 @@ def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | 
     refuse_when_full(job)
     filename = secure_filename(upload.filename or "") or f"upload.{info.ext}"
     session_id, key = store().create(job, name, data, info.ext, filename, options or {})
-    if settings().running_mode == "job":
-        from scai.launcher import start_job_worker
-
-        start_job_worker(settings(), job)
+    start_job_worker_if_needed(job)
     return {"sessname": session_id, "sesskey": key, "filename": filename, "model": name}
+
+
+def start_job_worker_if_needed(job: str) -> None:
+    """Job mode: a worker process for ``job``'s pool unless enough run already. Called after each
+    upload and whenever a client looks at a session still waiting, so that a waiting session
+    gets a process even if the one that would have taken it was killed. A failure to start one
+    is logged; the session stays queued for the next."""
+    if settings().running_mode != "job":
+        return
+    from scai.launcher import start_job_worker
+
+    try:
+        start_job_worker(settings(), job)
+    except Exception:
+        log.exception("could not start a job-mode worker for %s", job)
 
 
 def refuse_when_full(job: str) -> None:
@@ -100,6 +115,8 @@ def find_session(job: str | None, task: str | None, key: str | None) -> tuple[st
         abort(404, f"no {job} session {task}")
     if not key_matches(state, key):
         abort(403, "wrong or missing key for this session")
+    if state.get("state") == INITIALIZATION:
+        start_job_worker_if_needed(state["job"])
     return task, state
 
 
