@@ -59,6 +59,12 @@ class StorageFull(ScaiError, OSError):
     http_status = 507
 
 
+class StoreUnavailable(ScaiError):
+    """The session store (Redis) does not answer; the request may be tried again."""
+
+    http_status = 503
+
+
 class QueueFull(ScaiError):
     """Too many sessions already wait for a worker of this job kind."""
 

@@ -193,3 +193,44 @@ def worker(settings, fake_task):
     from scai.worker import Worker
 
     return Worker(settings, CLASSIFICATION, task=fake_task)
+
+
+# -- a real redis-server for the Redis store -------------------------------------------------------
+
+REDIS_MISSING = "redis-server is not installed (apt-get install redis-server)"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of its own: a free port, a temp dir, stopped by its PID. Skipped where the
+    binary is absent, except under CI=true, where that is a failure."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(REDIS_MISSING)
+        pytest.skip(REDIS_MISSING)
+    folder, port = tmp_path_factory.mktemp("redis"), free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+         "--appendonly", "no", "--maxmemory-policy", "noeviction"],
+        stdout=(folder / "redis.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        wait_for(lambda: _answers(client), 10, "redis-server to answer")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(server)
+
+
+def _answers(client) -> bool:
+    import redis
+
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False

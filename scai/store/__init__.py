@@ -1,0 +1,1 @@
+"""Session stores other than the folder (``scai.sessions``): Redis Streams for several machines."""

@@ -1,0 +1,275 @@
+"""Sessions in Redis (or Valkey), for portals and workers on several machines.
+
+The folder store's protocol (flock, rename, inotify) holds only on one file system. Here the same
+contract rests on Redis 6.2-level commands, used directly through redis-py:
+
+    scai:session:<id>             a hash: ``state`` (process.json's JSON), ``completions`` (count)
+    scai:session:<id>:blob:<name> the upload and other files of the session
+    scai:session:<id>:events      a pub/sub channel: "the state changed"
+    scai:pool:<job>               a stream, one entry per queued session; consumer group ``workers``
+    scai:workers:<job>            a sorted set: worker name -> last heartbeat (unix time)
+
+Every session key expires with the session (``keep_seconds``), so Redis cleans itself; `clean`
+removes what is older than a shorter keep time. A worker claims entries with XREADGROUP (COUNT N,
+BLOCK); it completes one through a Lua fence that writes the result, publishes the change and
+XACKs and XDELs the entry only if this consumer still owns it, so a worker that stalled and lost
+its entry to a recovery cannot complete it a second time. Recovery is XAUTOCLAIM past
+``lease_seconds`` of idleness (longer than the slowest batch or model load); an entry delivered
+more than ``MAX_DELIVERIES`` times fails its session (an image that kills every worker). A wait
+subscribes before it reads the state, so no change is missed. Job streams are never trimmed
+(no MAXLEN): the server must run with ``maxmemory-policy noeviction``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from scai.errors import SessionNotFound, StoreUnavailable
+from scai.sessions import (
+    FAILURE,
+    FINAL_STATES,
+    INITIALIZATION,
+    PROCESSING,
+    is_session_id,
+    json_bytes,
+    key_digest,
+    new_key,
+    new_session_id,
+    now_iso,
+)
+
+GROUP = "workers"
+#: An entry handed out this many times without completing fails its session.
+MAX_DELIVERIES = 3
+
+
+#: KEYS: stream, session hash, events channel. ARGV: group, entry id, consumer, state JSON.
+#: Writes the final state only while ``consumer`` owns the entry; returns 1 if it did, else 0.
+FENCE = """
+local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #owner == 0 or owner[1][2] ~= ARGV[3] then
+    return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('HSET', KEYS[2], 'state', ARGV[4])
+    redis.call('HINCRBY', KEYS[2], 'completions', 1)
+    redis.call('PUBLISH', KEYS[3], 'final')
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+@dataclass
+class StreamClaim:
+    """A session a worker took from its job's stream."""
+
+    job: str
+    session_id: str
+    entry: str
+    deliveries: int = 1
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class RedisStore:
+    """The session store on one Redis database; ``prefix`` keeps several installations apart."""
+
+    def __init__(self, url: str, keep_seconds: float, lease_seconds: float = 60.0, prefix: str = "scai:") -> None:
+        self.redis = redis.Redis.from_url(url)
+        self.keep = max(1, int(keep_seconds))
+        self.lease_ms = int(lease_seconds * 1000)
+        self.prefix = prefix
+        self.consumer = consumer_name()
+        self._fence = self.redis.register_script(FENCE)
+        self._groups: set[str] = set()
+
+    # -- names ---------------------------------------------------------------------------------
+    def _session(self, session_id: str) -> str:
+        if not is_session_id(session_id):
+            raise SessionNotFound(session_id)
+        return f"{self.prefix}session:{session_id}"
+
+    def _blob(self, session_id: str, name: str) -> str:
+        return f"{self._session(session_id)}:blob:{name}"
+
+    def _events(self, session_id: str) -> str:
+        return f"{self._session(session_id)}:events"
+
+    def _pool(self, job: str) -> str:
+        return f"{self.prefix}pool:{job}"
+
+    def _ensure_group(self, job: str) -> None:
+        if job not in self._groups:
+            try:
+                self.redis.xgroup_create(self._pool(job), GROUP, id="0", mkstream=True)
+            except redis.ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+            self._groups.add(job)
+
+    # -- the portal's side ---------------------------------------------------------------------
+    def create(
+        self, job: str, model: str, image: bytes, ext: str, filename: str, options: dict[str, Any] | None = None
+    ) -> tuple[str, str]:
+        """Store an upload as a new session and queue it, in one transaction; returns (id, key)."""
+        session_id, key = new_session_id(), new_key()
+        stamp = now_iso()
+        state = {
+            "state": INITIALIZATION, "job": job, "model": model, "message": "waiting for a worker",
+            "result": None, "result_image": None, "input": f"input.{ext}", "filename": filename,
+            "options": options or {}, "created": stamp, "updated": stamp, "key_sha256": key_digest(key),
+        }  # fmt: skip
+        self._ensure_group(job)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._session(session_id), mapping={"state": json_bytes(state), "completions": 0})
+            pipe.expire(self._session(session_id), self.keep)
+            pipe.set(self._blob(session_id, state["input"]), image, ex=self.keep)
+            pipe.xadd(self._pool(job), {"id": session_id})
+            self._run(pipe.execute)
+        return session_id, key
+
+    def state(self, session_id: str) -> dict[str, Any]:
+        raw = self._run(self.redis.hget, self._session(session_id), "state")
+        if raw is None:
+            raise SessionNotFound(session_id)
+        return json.loads(raw)
+
+    def read_blob(self, session_id: str, name: str) -> bytes:
+        data = self._run(self.redis.get, self._blob(session_id, name))
+        if data is None:
+            raise SessionNotFound(session_id)
+        return data
+
+    def write_blob(self, session_id: str, name: str, data: bytes) -> None:
+        self._run(self.redis.set, self._blob(session_id, name), data, ex=self.keep)
+
+    def wait(self, session_id: str, timeout: float, changed_from: str | None = None) -> dict[str, Any]:
+        """The state once final (or, with ``changed_from``, different), or as it is at the deadline.
+        Subscribed before the state is read: a change between the two still wakes the wait."""
+        deadline = time.monotonic() + timeout
+        state = self.state(session_id)
+        if self._settled(state, changed_from) or timeout <= 0:
+            return state
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self._events(session_id))
+            while True:
+                state = self.state(session_id)
+                remaining = deadline - time.monotonic()
+                if self._settled(state, changed_from) or remaining <= 0:
+                    return state
+                pubsub.get_message(timeout=min(remaining, 1.0))
+        finally:
+            pubsub.close()
+
+    @staticmethod
+    def _settled(state: dict[str, Any], changed_from: str | None) -> bool:
+        return state.get("state") in FINAL_STATES or (changed_from is not None and state.get("state") != changed_from)
+
+    # -- the worker's side ---------------------------------------------------------------------
+    def claim(self, job: str, limit: int, block_seconds: float = 0) -> list[StreamClaim]:
+        """Up to ``limit`` new sessions of ``job`` for this worker, waiting up to ``block_seconds``
+        for the first; each is marked ``processing``."""
+        self._ensure_group(job)
+        block = int(block_seconds * 1000) if block_seconds > 0 else None
+        reply = self._run(self.redis.xreadgroup, GROUP, self.consumer, {self._pool(job): ">"}, limit, block)
+        claims = [
+            StreamClaim(job, fields[b"id"].decode(), entry.decode())
+            for _, entries in reply or []
+            for entry, fields in entries
+        ]
+        for claim in claims:
+            self.mark_processing(claim)
+        return claims
+
+    def mark_processing(self, claim: StreamClaim) -> None:
+        try:
+            state = self.state(claim.session_id)
+        except SessionNotFound:
+            return
+        if state.get("state") == INITIALIZATION:
+            state.update(state=PROCESSING, message="processing", updated=now_iso())
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._session(claim.session_id), "state", json_bytes(state))
+                pipe.publish(self._events(claim.session_id), "processing")
+                self._run(pipe.execute)
+
+    def finish(self, claim: StreamClaim, fields: dict[str, Any]) -> bool:
+        """Write the session's final ``fields`` and drop its entry, if this worker still owns
+        it; False (nothing written) if a recovery gave it to another worker meanwhile."""
+        try:
+            state = self.state(claim.session_id)
+        except SessionNotFound:
+            state = None
+        payload = json_bytes({**(state or {}), **fields, "updated": now_iso()}) if state else b""
+        keys = [self._pool(claim.job), self._session(claim.session_id), self._events(claim.session_id)]
+        return bool(self._run(self._fence, keys=keys, args=[GROUP, claim.entry, self.consumer, payload]))
+
+    def recover(self, job: str) -> list[StreamClaim]:
+        """Take over the entries of workers idle for longer than the lease (they died or hang);
+        an entry delivered ``MAX_DELIVERIES`` times fails its session instead."""
+        self._ensure_group(job)
+        claims, start = [], "0-0"
+        while True:
+            reply = self._run(self.redis.xautoclaim, self._pool(job), GROUP, self.consumer, self.lease_ms, start, 100)
+            start, entries = reply[0], reply[1]
+            for entry, fields in entries:
+                if fields is None:
+                    continue
+                claims.append(StreamClaim(job, fields[b"id"].decode(), entry.decode()))
+            if start in (b"0-0", "0-0"):
+                break
+        for claim in claims:
+            detail = self._run(self.redis.xpending_range, self._pool(job), GROUP, claim.entry, claim.entry, 1)
+            claim.deliveries = detail[0]["times_delivered"] if detail else 1
+        poisoned = [c for c in claims if c.deliveries > MAX_DELIVERIES]
+        for claim in poisoned:
+            message = f"failed: the image stopped {MAX_DELIVERIES} workers (delivered {claim.deliveries} times)"
+            self.finish(claim, {"state": FAILURE, "message": message})
+        return [c for c in claims if c not in poisoned]
+
+    def beat(self, job: str, worker: str) -> None:
+        self._run(self.redis.zadd, f"{self.prefix}workers:{job}", {worker: time.time()})
+
+    def live_workers(self, job: str, within: float) -> int:
+        return int(self._run(self.redis.zcount, f"{self.prefix}workers:{job}", time.time() - within, "+inf"))
+
+    def queue_depth(self, job: str) -> int:
+        """Sessions queued and not yet handed to a worker."""
+        self._ensure_group(job)
+        groups = self._run(self.redis.xinfo_groups, self._pool(job))
+        lag = next((g.get("lag") for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
+        return int(lag or 0)
+
+    def pending_claims(self, job: str) -> int:
+        """Entries handed to workers and not yet finished (the pending entries list)."""
+        self._ensure_group(job)
+        return int(self._run(self.redis.xpending, self._pool(job), GROUP)["pending"])
+
+    def completions(self, session_id: str) -> int:
+        """How often the fence completed this session (the scale-out test counts on it)."""
+        return int(self._run(self.redis.hget, self._session(session_id), "completions") or 0)
+
+    def healthy(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    def _run(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """A Redis call whose connection failures become ``StoreUnavailable`` (503, retry)."""
+        try:
+            return call(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise StoreUnavailable(f"the session store does not answer: {error}") from None

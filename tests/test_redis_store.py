@@ -1,0 +1,109 @@
+"""The Redis Streams session store against a real redis-server (started by the fixture): create,
+claim, the completion fence, recovery of a dead worker's entries, poison images, waits, expiry."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+import pytest
+from conftest import free_port, wait_for
+
+from scai.errors import SessionNotFound, StoreUnavailable
+from scai.sessions import COMPLETE, FAILURE, PROCESSING
+from scai.store.redis_streams import MAX_DELIVERIES, RedisStore
+
+JOB = "image_classification"
+
+
+@pytest.fixture
+def make_store(redis_url: str):
+    """Stores on one server under a prefix of their own: each acts as another worker or portal."""
+    prefix = f"test{secrets.token_hex(4)}:"
+
+    def make(name: str = "w1", **options: float) -> RedisStore:
+        store = RedisStore(redis_url, options.pop("keep_seconds", 3600), prefix=prefix, **options)
+        store.consumer = name
+        return store
+
+    return make
+
+
+def test_create_claim_finish(make_store) -> None:
+    portal, worker = make_store("portal"), make_store("w1")
+    session_id, key = portal.create(JOB, "default", b"\x89PNG photo", "png", "a.png", {"min_score": 0.4})
+    state = portal.state(session_id)
+    assert state["state"] == "initialization" and state["options"] == {"min_score": 0.4}
+    assert portal.read_blob(session_id, "input.png") == b"\x89PNG photo" and portal.queue_depth(JOB) == 1
+    (claim,) = worker.claim(JOB, 8)
+    assert claim.session_id == session_id and portal.state(session_id)["state"] == PROCESSING
+    assert portal.queue_depth(JOB) == 0 and portal.pending_claims(JOB) == 1
+    assert worker.finish(claim, {"state": COMPLETE, "message": "complete", "result": {"cat": "99.0%"}})
+    done = portal.state(session_id)
+    assert done["state"] == COMPLETE and done["result"] == {"cat": "99.0%"} and done["created"] == state["created"]
+    assert portal.completions(session_id) == 1 and portal.pending_claims(JOB) == 0
+    assert portal.redis.xlen(portal._pool(JOB)) == 0, "finished entries leave the stream"
+
+
+def test_a_worker_that_lost_its_entry_cannot_complete_it(make_store) -> None:
+    portal, stalled, rescuer = make_store("portal"), make_store("stalled"), make_store("rescuer", lease_seconds=0)
+    session_id, _ = portal.create(JOB, "default", b"x", "png", "a.png")
+    (old,) = stalled.claim(JOB, 1)
+    (taken,) = rescuer.recover(JOB)
+    assert taken.session_id == session_id and taken.deliveries == 2
+    assert not stalled.finish(old, {"state": COMPLETE, "message": "late"}), "fenced off: nothing written"
+    assert portal.state(session_id)["state"] == PROCESSING
+    assert rescuer.finish(taken, {"state": COMPLETE, "message": "complete"})
+    assert portal.completions(session_id) == 1 and portal.state(session_id)["message"] == "complete"
+
+
+def test_an_image_that_stops_every_worker_fails_after_three_deliveries(make_store) -> None:
+    portal = make_store("portal")
+    session_id, _ = portal.create(JOB, "default", b"x", "png", "a.png")
+    make_store("first").claim(JOB, 1)
+    for attempt in range(MAX_DELIVERIES - 1):
+        assert [c.session_id for c in make_store(f"w{attempt}", lease_seconds=0).recover(JOB)] == [session_id]
+    assert make_store("last", lease_seconds=0).recover(JOB) == []
+    state = portal.state(session_id)
+    assert state["state"] == FAILURE and "stopped 3 workers" in state["message"]
+    assert portal.pending_claims(JOB) == 0
+
+
+def test_waits_wake_on_the_change(make_store) -> None:
+    portal, worker = make_store("portal"), make_store("w1")
+    session_id, _ = portal.create(JOB, "default", b"x", "png", "a.png")
+    claims = []
+    threading.Timer(0.3, lambda: claims.extend(worker.claim(JOB, 1))).start()
+    started = time.monotonic()
+    assert portal.wait(session_id, 20, changed_from="initialization")["state"] == PROCESSING
+    threading.Timer(0.3, lambda: worker.finish(claims[0], {"state": COMPLETE, "message": "complete"})).start()
+    assert portal.wait(session_id, 20)["state"] == COMPLETE
+    assert time.monotonic() - started < 5, "woken by the changes, not by the deadline"
+
+
+def test_a_claim_waits_for_new_work(make_store) -> None:
+    portal, worker = make_store("portal"), make_store("w1")
+    assert worker.claim(JOB, 4, block_seconds=0.2) == []
+    threading.Timer(0.3, lambda: portal.create(JOB, "default", b"x", "png", "a.png")).start()
+    assert len(worker.claim(JOB, 4, block_seconds=10)) == 1
+
+
+def test_sessions_expire_with_their_keep_time(make_store) -> None:
+    portal = make_store("portal", keep_seconds=1)
+    session_id, _ = portal.create(JOB, "default", b"x", "png", "a.png")
+    assert portal.redis.ttl(portal._session(session_id)) == 1
+    wait_for(lambda: not portal.redis.exists(portal._session(session_id)), 5, "the session to expire")
+    with pytest.raises(SessionNotFound):
+        portal.state(session_id)
+    worker = make_store("w1")
+    (claim,) = worker.claim(JOB, 1)  # its entry was still queued: the worker lets it go
+    assert worker.finish(claim, {"state": COMPLETE}) and portal.pending_claims(JOB) == 0
+    assert not portal.redis.exists(portal._session(session_id)), "nothing written back for a gone session"
+
+
+def test_an_unreachable_server_is_store_unavailable() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", 60)
+    with pytest.raises(StoreUnavailable) as raised:
+        store.state("d-20261126-" + "0" * 32)
+    assert raised.value.http_status == 503 and not store.healthy()
