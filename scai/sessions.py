@@ -201,6 +201,23 @@ class SessionStore:
             state.update(state=PROCESSING, message="processing")
         return state
 
+    def read_blob(self, session_id: str, name: str) -> bytes:
+        """A file of the session (the upload, the annotated image); SessionNotFound if either is gone."""
+        try:
+            return (self.path(session_id) / _blob_name(name)).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise SessionNotFound(session_id) from None
+
+    def write_blob(self, session_id: str, name: str, data: bytes) -> None:
+        try:
+            atomic_write(self.path(session_id) / _blob_name(name), data)
+        except FileNotFoundError:
+            raise SessionNotFound(session_id) from None
+
+    def wait(self, session_id: str, timeout: float, changed_from: str | None = None) -> dict[str, Any]:
+        """See ``wait_until_final``."""
+        return wait_until_final(self, session_id, timeout, changed_from)
+
     # -- the worker's side ---------------------------------------------------------------------
     def update(self, session_id: str, known: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         """Change fields of ``process.json``; only the worker holding the claim calls this.
@@ -378,6 +395,13 @@ class SessionStore:
             return [e.name for e in os.scandir(self.root / POOL) if e.is_dir()]
         except FileNotFoundError:
             return []
+
+
+def _blob_name(name: str) -> str:
+    """A session file's name as the store made it (``input.jpg``, ``output.png``), never a path."""
+    if not name or "/" in name or name.startswith("."):
+        raise SessionNotFound(name)
+    return name
 
 
 def _mtime_or_zero(entry: os.DirEntry) -> float:

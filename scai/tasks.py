@@ -163,7 +163,7 @@ def annotate(engine: Detector, image: Image.Image, raw: Any, min_score: float) -
 MAX_ANNOTATED_SIDE = 4096
 
 
-def annotated_png(state: dict[str, Any], source: Path, max_pixels: int) -> bytes:
+def annotated_png(state: dict[str, Any], source: bytes | Path, max_pixels: int) -> bytes:
     """A complete detection session's annotated image: its boxes drawn on the upload."""
     size = state.get("image_size") or {}
     draft_for = (MAX_ANNOTATED_SIDE // imaging.DRAFT_MARGIN,) * 2  # a JPEG drafted no smaller than the cap

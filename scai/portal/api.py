@@ -19,7 +19,7 @@ from scai.portal.uploads import (
     store,
     upload_options,
 )
-from scai.sessions import COMPLETE, FAILURE, SessionNotFound, wait_until_final
+from scai.sessions import COMPLETE, FAILURE, SessionNotFound
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -40,7 +40,7 @@ def _wait_seconds() -> float:
 def wait_for(session_id: str, wait: float, changed_from: str | None = None) -> dict:
     """The session's state after waiting; 404 if it was cleaned away meanwhile."""
     try:
-        return wait_until_final(store(), session_id, wait, changed_from)
+        return store().wait(session_id, wait, changed_from)
     except SessionNotFound:
         abort(404, f"session {session_id} is gone (cleaned away)")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import mimetypes
+from contextlib import suppress
 from typing import Any
 
 from flask import Response, abort, current_app, request, send_file
@@ -12,7 +14,7 @@ from werkzeug.utils import secure_filename
 from scai import config, imaging
 from scai.config import DETECTION, Settings
 from scai.errors import QueueFull
-from scai.sessions import INITIALIZATION, SessionNotFound, SessionStore, atomic_write, is_session_id, key_matches
+from scai.sessions import INITIALIZATION, SessionNotFound, SessionStore, is_session_id, key_matches
 from scai.tasks import annotated_png
 
 log = logging.getLogger("scai.portal")
@@ -136,12 +138,15 @@ def public_state(session_id: str, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def send_session_file(session_id: str, name: str) -> Response:
+def send_session_file(session_id: str, name: str, data: bytes | None = None) -> Response:
     """A file of a session (the upload, the annotated image), never cached by the browser."""
-    path = store().path(session_id) / name
-    if not path.is_file():
-        abort(404, "that file of the session is gone")
-    return send_file(path, max_age=0, download_name=name)  # inline, under our own name
+    if data is None:
+        try:
+            data = store().read_blob(session_id, name)
+        except SessionNotFound:
+            abort(404, "that file of the session is gone")
+    mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return send_file(io.BytesIO(data), mimetype=mimetype, max_age=0, download_name=name)  # inline, our name
 
 
 def send_result_image(session_id: str, state: dict[str, Any]) -> Response:
@@ -149,15 +154,15 @@ def send_result_image(session_id: str, state: dict[str, Any]) -> Response:
     none), drawn on first request and kept in the session for the next."""
     if not state.get("result_image"):
         abort(404, f"no result image (the session is {state.get('state')})")
-    folder = store().path(session_id)
-    path = folder / state["result_image"]
-    if not path.is_file():
-        try:
-            png = annotated_png(state, folder / state["input"], settings().max_pixels)
-        except (FileNotFoundError, imaging.InvalidImage):
-            abort(404, "that file of the session is gone")
-        try:
-            atomic_write(path, png)
-        except OSError:  # a full disk: send it all the same, and draw it again next time
-            return send_file(io.BytesIO(png), mimetype="image/png", max_age=0, download_name=path.name)
-    return send_session_file(session_id, state["result_image"])
+    name = state["result_image"]
+    try:
+        return send_session_file(session_id, name, store().read_blob(session_id, name))
+    except SessionNotFound:
+        pass  # not drawn yet
+    try:
+        png = annotated_png(state, store().read_blob(session_id, state["input"]), settings().max_pixels)
+    except (SessionNotFound, imaging.InvalidImage):
+        abort(404, "that file of the session is gone")
+    with suppress(OSError, SessionNotFound):  # a full disk: send it all the same, draw it again next time
+        store().write_blob(session_id, name, png)
+    return send_session_file(session_id, name, png)
