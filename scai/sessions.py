@@ -36,6 +36,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from scai.errors import SessionNotFound, StorageFull
-from scai.inotify import IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, session_waits
+from scai.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, FolderWatch, session_waits
 
 INITIALIZATION, PROCESSING, COMPLETE, FAILURE = "initialization", "processing", "complete", "failure"
 FINAL_STATES = (COMPLETE, FAILURE)
@@ -330,11 +331,26 @@ class SessionStore:
                 os.close(fd)
         return None
 
-    def finish(self, claim: Claim) -> None:
-        """Drop a marker whose session reached a final state, then let go of its lock."""
+    def drop(self, claim: Claim) -> None:
+        """Drop a marker whose session needs no more work, then let go of its lock."""
         with suppress(FileNotFoundError):
             os.unlink(claim.path)
         os.close(claim.fd)
+
+    def finish(self, claim: Claim, fields: dict[str, Any], known: dict[str, Any] | None = None) -> bool:
+        """Write a claimed session's final ``fields`` and drop its marker; False if the session
+        vanished meanwhile. A write that fails (a full disk) raises, the claim still held."""
+        try:
+            self.update(claim.session_id, known, **fields)
+        except SessionNotFound:
+            self.drop(claim)
+            return False
+        self.drop(claim)
+        return True
+
+    def queue(self, job: str, watch: bool = True) -> FolderQueue:
+        """A worker's view of ``job``'s pool (see ``FolderQueue``)."""
+        return FolderQueue(self, job, watch)
 
     def release(self, claim: Claim) -> None:
         """Let go of a claim without finishing it: the next ``recover`` returns it to the pool."""
@@ -395,6 +411,59 @@ class SessionStore:
             return [e.name for e in os.scandir(self.root / POOL) if e.is_dir()]
         except FileNotFoundError:
             return []
+
+
+class FolderQueue:
+    """Where a worker's next sessions come from: the names inotify reports for new markers (a
+    claim needs no scan of the pool), or, without a watch (job mode, burst mode), a listing.
+    ``recover`` takes back dead workers' markers and lists the pool again."""
+
+    def __init__(self, store: SessionStore, job: str, watch: bool) -> None:
+        self.store, self.job = store, job
+        self.candidates: deque[str] = deque()
+        store.ensure_pool(job)
+        # Markers are created in place and closed (IN_CLOSE_WRITE), or renamed back by a recovery
+        # (IN_MOVED_TO); a claim renames one away, which needs no wake-up.
+        self.watch = FolderWatch(store.pool(job), IN_CLOSE_WRITE | IN_MOVED_TO) if watch else None
+
+    def __enter__(self) -> FolderQueue:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.watch is not None:
+            self.watch.close()
+
+    def recover(self) -> int:
+        recovered = self.store.recover(self.job)
+        self.candidates = deque(self.store.pending(self.job))
+        return len(recovered)
+
+    def waiting(self) -> bool:
+        """Whether more sessions are known to wait (the batch in hand may not take every core)."""
+        return bool(self.candidates)
+
+    def take(self, limit: int, block: float = 0.0, wake: tuple[int, ...] = ()) -> list[Claim]:
+        """Claim up to ``limit`` waiting sessions, waiting up to ``block`` seconds (or until a
+        ``wake`` descriptor is readable) for the first."""
+        if self.watch is None:
+            if not self.candidates:
+                self.candidates.extend(self.store.pending(self.job))
+        else:
+            if self.watch.overflowed:  # the kernel dropped names: list the pool
+                self.watch.overflowed = False
+                self.candidates = deque(self.store.pending(self.job))
+            self.candidates.extend(self.watch.names(0 if self.candidates else max(0.0, block), also=wake))
+        claims: list[Claim] = []
+        try:
+            while self.candidates and len(claims) < limit:
+                claim = self.store.claim(self.job, self.candidates.popleft())
+                if claim:
+                    claims.append(claim)
+        except BaseException:  # let go of what was taken: the next recovery hands it out again
+            for claim in claims:
+                self.store.release(claim)
+            raise
+        return claims
 
 
 def _blob_name(name: str) -> str:

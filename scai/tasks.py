@@ -27,12 +27,11 @@ RESULT_IMAGE = "output.png"
 @dataclass
 class Item:
     """One session's share of a batch: its image decoded for the model (a large JPEG at a reduced
-    scale), request options, folder, and the upload itself for work at full size."""
+    scale), request options, and the upload itself for work at full size."""
 
     image: Image.Image
-    folder: Path
     options: dict[str, Any] = field(default_factory=dict)
-    source: Path | None = None
+    source: bytes | Path | None = None
 
     def upright_size(self, max_pixels: int) -> tuple[int, int]:
         """(width, height) of the upload itself, however much ``image`` was reduced."""

@@ -20,14 +20,13 @@ import signal
 import socket
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
 from scai import config, imaging
 from scai.config import ConfigError, Settings
-from scai.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, FolderWatch
 from scai.sessions import (
     COMPLETE,
     FAILURE,
@@ -61,13 +60,10 @@ class Worker:
         self.job = job
         self.task: Task = task or task_for(job, settings, settings.interpreter_threads(siblings))
         self.store = store or SessionStore(settings.session_dir)
-        self.store.ensure_pool(job)
         self.models: dict[str, config.ModelSpec] = {}
         self.models_stamp: tuple[int, ...] | None = (-1,)
         self._reread_models()
         self.engines: dict[str, tuple[config.ModelSpec, Any]] = {}
-        #: Session ids that may be pending, oldest first: from inotify events and rescans.
-        self.candidates: deque[str] = deque()
         self.stopping = threading.Event()
         self._stop_read, self._stop_write = os.pipe()
         #: This worker's name in the pool's heartbeats (``/healthz`` counts the fresh ones).
@@ -104,41 +100,26 @@ class Worker:
         return self.settings.batch_size if batching else 1
 
     # -- processing -----------------------------------------------------------------------------
-    def claim_batch(self) -> list[Claim]:
-        """Claim what is waiting among the candidates, up to the claim limit; never waits."""
-        claims: list[Claim] = []
-        limit = self.claim_limit()
-        try:
-            while self.candidates and len(claims) < limit:
-                claim = self.store.claim(self.job, self.candidates.popleft())
-                if claim:
-                    claims.append(claim)
-        except BaseException:  # let go of what was taken: the next recovery hands it out again
-            for claim in claims:
-                self.store.release(claim)
-            raise
-        return claims
-
     def drain(self) -> int:
-        """Process pending sessions until the pool is empty; returns how many were taken."""
+        """Burst mode: process pending sessions until none is left; returns how many were taken."""
         taken = 0
-        self.candidates.extend(self.store.pending(self.job))
-        while not self.stopping.is_set():
-            claims = self.claim_batch()
-            if not claims:
-                break
-            self.process(claims)
-            taken += len(claims)
+        with self.store.queue(self.job, watch=False) as queue:
+            while not self.stopping.is_set():
+                claims = queue.take(self.claim_limit())
+                if not claims:
+                    break
+                self.process(claims, lone=not queue.waiting())
+                taken += len(claims)
         return taken
 
-    def process(self, claims: list[Claim]) -> None:
-        """Run claimed sessions, grouped by model; every claim ends complete, failed or gone."""
+    def process(self, claims: list[Any], lone: bool = True) -> None:
+        """Run claimed sessions, grouped by model; every claim ends complete, failed or gone.
+        ``lone``: nothing else waits, so this batch may use every core."""
         by_model: dict[str, list[tuple[Claim, dict[str, Any]]]] = defaultdict(list)
         for claim in claims:
             state = self._open(claim)
             if state is not None:
                 by_model[str(state.get("model") or config.DEFAULT_MODEL)].append((claim, state))
-        lone = not self.candidates  # nothing else waits: this batch may use every core
         for model, opened in by_model.items():
             self._run_model(model, opened, lone)
 
@@ -148,24 +129,27 @@ class Worker:
             state = self.store.state(claim.session_id)
         except SessionNotFound:
             log.info("session %s vanished before processing", claim.session_id)
-            self.store.finish(claim)
+            self.store.drop(claim)
             return None
         except Exception as error:  # an unreadable process.json fails its session, not the worker
             log.exception("session %s has an unreadable state", claim.session_id)
             self._fail(claim, None, f"internal error: unreadable session state ({error.__class__.__name__})")
             return None
         if state.get("state") in FINAL_STATES:  # done before a crash took the worker
-            self.store.finish(claim)
+            self.store.drop(claim)
             return None
         return state
 
     def _decode(self, engine: Any, claim: Claim, state: dict[str, Any]) -> Item | None:
         """The session's image decoded for this engine, or None (the session failed) if it cannot be."""
-        folder = self.store.path(claim.session_id)
-        source = folder / str(state.get("input"))
         fit = getattr(engine, "input_size", None) if self.settings.draft_decode else None
         try:
+            source = self.store.read_blob(claim.session_id, str(state.get("input")))
             image = engine.shrink(imaging.load_rgb(source, self.settings.max_pixels, fit[::-1] if fit else None))
+        except SessionNotFound:
+            log.info("session %s vanished before processing", claim.session_id)
+            self.store.drop(claim)
+            return None
         except imaging.InvalidImage as error:
             self._fail(claim, state, str(error))
             return None
@@ -173,7 +157,7 @@ class Worker:
             log.exception("session %s could not be opened", claim.session_id)
             self._fail(claim, state, f"internal error: {error}")
             return None
-        return Item(image, folder, state.get("options") or {}, source)
+        return Item(image, state.get("options") or {}, source)
 
     def _run_model(self, model: str, opened: list[tuple[Claim, dict[str, Any]]], lone: bool) -> None:
         try:
@@ -222,50 +206,44 @@ class Worker:
         the next recovery puts it back in the pool, so it is retried every ``rescan_seconds``
         until space is freed, and the worker goes on."""
         try:
-            self.store.update(claim.session_id, known, **fields)
-        except SessionNotFound:
-            log.info("session %s vanished during processing", claim.session_id)
+            written = self.store.finish(claim, fields, known)
         except OSError as error:
             log.error("cannot record session %s (%s): it goes back to the pool", claim.session_id, error)
             self.store.release(claim)
             return False
-        else:
-            self.store.finish(claim)
-            return True
-        self.store.finish(claim)
-        return False
+        if not written:
+            log.info("session %s vanished or was taken over during processing", claim.session_id)
+        return written
 
     # -- modes ----------------------------------------------------------------------------------
     def run_forever(self) -> None:
         """Runtime mode: serve until SIGTERM or SIGINT, finishing the batch in hand."""
-        # Markers are created in place and closed (IN_CLOSE_WRITE), or renamed back by a recovery
-        # (IN_MOVED_TO); a claim renames one away, which needs no wake-up.
-        with FolderWatch(self.store.pool(self.job), IN_CLOSE_WRITE | IN_MOVED_TO) as watch, self._stop_pipe():
-            log.info("watching %s", self.store.pool(self.job))
+        with self.store.queue(self.job) as queue, self._stop_pipe():
+            log.info("watching the %s pool of %s", self.job, self.settings.session_dir)
             self.next_rescan = 0.0
             while not self.stopping.is_set():
                 try:
-                    self._step(watch)
+                    self._step(queue)
                 except OSError:  # the session store's disk, not a session: wait, then go on
                     log.exception("the session store failed; trying again in %.0f s", self.settings.rescan_seconds)
                     self.next_rescan = time.monotonic() + self.settings.rescan_seconds
                     select.select([self._stop_read], [], [], self.settings.rescan_seconds)
 
-    def _step(self, watch: FolderWatch) -> None:
+    def _step(self, queue: Any) -> None:
         """One turn of the loop: heartbeat and recovery when due, then a batch if one waits."""
         now = time.monotonic()
         if now - self.last_beat >= HEARTBEAT_SECONDS:
             self.store.beat(self.job, self.name)
             self.last_beat = now
-        if now >= self.next_rescan or watch.overflowed:  # an overflow lost names: list the pool
-            watch.overflowed = False
-            self.rescan()
+        if now >= self.next_rescan:
+            recovered = queue.recover()
+            if recovered:
+                log.info("took back %d sessions from a worker that died", recovered)
             self.next_rescan = now + self.settings.rescan_seconds
-        wait = 0 if self.candidates else min(self.next_rescan, self.last_beat + HEARTBEAT_SECONDS) - now
-        self.candidates.extend(watch.names(wait, also=(self._stop_read,)))
-        claims = self.claim_batch()
+        wait = min(self.next_rescan, self.last_beat + HEARTBEAT_SECONDS) - now
+        claims = queue.take(self.claim_limit(), wait, wake=(self._stop_read,))
         if claims:
-            self.process(claims)
+            self.process(claims, lone=not queue.waiting())
 
     @contextmanager
     def _stop_pipe(self) -> Iterator[None]:
@@ -276,12 +254,10 @@ class Worker:
             os.close(self._stop_read)
             os.close(self._stop_write)
 
-    def rescan(self) -> None:
-        """Take back the claims of workers that died, and list the whole pool again."""
-        recovered = self.store.recover(self.job)
-        if recovered:
-            log.info("took back %d sessions from a worker that died", len(recovered))
-        self.candidates = deque(self.store.pending(self.job))
+    def rescan(self) -> int:
+        """Take back the claims of workers that died (burst mode; the loop's queue does it there)."""
+        with self.store.queue(self.job, watch=False) as queue:
+            return queue.recover()
 
     def run_job(self, session_id: str | None = None, slots: int = 1, held: int | None = None) -> int:
         """Job mode: process one named session, or, holding one of ``slots`` job slots of this

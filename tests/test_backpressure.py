@@ -36,4 +36,4 @@ def test_uploads_past_the_queue_limit_get_503_with_retry_after(tmp_path: Path) -
     assert len(store.sessions()) == 2, "a refused upload leaves no session behind"
     claim = store.claim(JOB, accepted[0].json["sessname"])  # a worker takes one: room again
     assert upload().status_code == 202
-    store.finish(claim)
+    store.drop(claim)

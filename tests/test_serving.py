@@ -112,7 +112,7 @@ def test_drafted_detection_keeps_the_boxes_and_draws_at_the_upload_size(tmp_path
         results = {}
         for fit in (None, engine.input_size[::-1]):
             image = imaging.load_rgb(source, 50_000_000, fit)
-            results[fit is None] = task.run(engine, [Item(image, tmp_path, {}, source)])[0]
+            results[fit is None] = task.run(engine, [Item(image, {}, source)])[0]
         png = annotated_png(results[False], source, 50_000_000)
         assert Image.open(io.BytesIO(png)).size == (4032, 3024), "drawn on the upload at its own size"
         full, drafted = results[True]["detections"], results[False]["detections"]
@@ -178,7 +178,7 @@ def test_a_worker_holds_the_image_at_the_model_size_right_after_decoding(tmp_pat
     claim = store.claim(CLASSIFICATION, session_id)
     item = worker._decode(worker.engine("default"), claim, store.state(session_id))
     assert item.image.size == (224, 224)
-    store.finish(claim)
+    store.drop(claim)
 
 
 def test_the_annotated_image_of_a_huge_upload_is_capped(tmp_path: Path) -> None:

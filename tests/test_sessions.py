@@ -71,7 +71,7 @@ def test_a_marker_is_claimed_once(tmp_path: Path) -> None:
     assert store.claim(JOB, session_id) is None
     assert store.pending(JOB) == []
     assert store.recover(JOB) == [], "a live claim must not be taken back"
-    store.finish(first)
+    store.drop(first)
     assert not list(store.claimed(JOB).iterdir())
 
 
@@ -115,7 +115,7 @@ def test_clean_removes_old_sessions_with_markers_but_not_busy_ones(tmp_path: Pat
     old_done, old_pending, old_busy, old_claimed, fresh = (make_session(store)[0] for _ in range(5))
     for session_id in (old_done, old_pending, old_busy, old_claimed):
         age(store, session_id, 7200)
-    store.finish(store.claim(JOB, old_done))
+    store.drop(store.claim(JOB, old_done))
     store.update(old_busy, state=PROCESSING)
     claim = store.claim(JOB, old_claimed)  # a worker holds it, state not yet written
 
@@ -126,7 +126,7 @@ def test_clean_removes_old_sessions_with_markers_but_not_busy_ones(tmp_path: Pat
     assert not store.path(old_done).exists() and not (store.pool(JOB) / old_pending).exists()
     assert store.path(old_busy).exists() and store.path(old_claimed).exists() and store.path(fresh).exists()
     assert set(store.pending(JOB)) == {fresh, old_busy}
-    store.finish(claim)
+    store.drop(claim)
 
 
 def test_clean_py_is_an_executable_script(tmp_path: Path) -> None:
@@ -156,4 +156,4 @@ def test_a_wait_for_any_change_wakes_when_a_worker_takes_the_session(tmp_path: P
     state = wait_until_final(store, session_id, 10, changed_from="initialization")
     timer.join()
     assert state["state"] == "processing" and time.monotonic() - started < 5, "woken by the claim, not the timeout"
-    store.finish(claims[0])
+    store.drop(claims[0])

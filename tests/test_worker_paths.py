@@ -72,8 +72,7 @@ def test_a_full_disk_sends_the_session_back_and_it_completes_once_space_is_free(
     assert worker.drain() == 1, "the worker took it and lived"
     assert worker.store.state(session_id)["state"] == PROCESSING, "not failed with a false message"
     monkeypatch.undo()  # space is free again
-    worker.rescan()  # recovery, on its own clock in the loop
-    assert worker.candidates == type(worker.candidates)([session_id])
+    assert worker.rescan() == 1, "recovery (on its own clock in the loop) takes it back"
     worker.drain()
     assert worker.store.state(session_id)["state"] == COMPLETE
 
@@ -134,9 +133,8 @@ def test_a_claim_that_fails_midway_holds_no_lock(worker: Worker, monkeypatch: py
         real_rename(source, target)
 
     monkeypatch.setattr(sessions.os, "rename", rename_once_full)
-    worker.candidates.extend(ids)
-    with pytest.raises(OSError):
-        worker.claim_batch()
+    with pytest.raises(OSError), worker.store.queue(JOB, watch=False) as pool:
+        pool.take(2)
     monkeypatch.undo()
     worker.rescan()  # what the loop does after a store error: the first claim comes back too
     assert worker.drain() == 2
