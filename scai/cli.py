@@ -16,12 +16,17 @@ from scai.errors import ScaiError
 def _folders(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-dir", type=Path, help="session folder (env SCAI_SESSION_DIR; default ./session)")
     parser.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR; default ./usr)")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="redis://host:port/db: keep sessions in Redis (env SCAI_STORE; default: the folder)",
+    )
 
 
 def _settings(args: argparse.Namespace, **flags: object) -> config.Settings:
     """This process's one ``Settings``: defaults, then ``SCAI_*`` variables, then the flags given."""
     folders = {"session_dir": getattr(args, "session_dir", None), "usr_dir": getattr(args, "usr", None)}
-    return config.Settings.from_env(**folders, **flags)
+    return config.Settings.from_env(**folders, store=getattr(args, "store", None), **flags)
 
 
 def _default(name: str) -> object:

@@ -126,6 +126,7 @@ class Settings:
     threads: int = setting(0, "SCAI_THREADS", "interpreter threads of each worker (0: from the cores)")
     queue_limit: int = setting(1000, "SCAI_QUEUE_LIMIT", "sessions that may wait per job kind before 503 (0: none)")
     retry_after_seconds: int = setting(5, help="Retry-After of a 503 for a full queue")
+    store: str = setting("", "SCAI_STORE", "redis://host:port/db: sessions in Redis (default: the session folder)")
     public_url: str = setting(
         "", "SCAI_PUBLIC_URL", "the address clients use, for /docs examples (e.g. https://ai.example)"
     )

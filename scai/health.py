@@ -15,20 +15,23 @@ from typing import Any
 
 from scai import config
 from scai.config import Settings
-from scai.sessions import SessionStore
+from scai.store import open_store
 
 #: A heartbeat older than this is a dead (or hung) worker's: several missed beats, and longer
 #: than loading a TensorFlow model or running one large image.
 STALE_SECONDS = 15.0
 
 
-def report(settings: Settings) -> tuple[dict[str, Any], int]:
+def report(settings: Settings, store: Any = None) -> tuple[dict[str, Any], int]:
     """The health report and its HTTP status (200, or 503 with the reasons in ``problems``)."""
     root = settings.session_dir
     problems = []
-    if not (root.is_dir() and os.access(root, os.W_OK)):
+    store = store or open_store(settings)
+    if settings.store:
+        if not store.healthy():
+            problems.append("session store does not answer")
+    elif not (root.is_dir() and os.access(root, os.W_OK)):
         problems.append("session folder not writable")
-    store = SessionStore(root)
     aliases = {job: alias for alias, job in config.JOB_ALIASES.items()}
     jobs = {}
     for job in config.JOBS:

@@ -35,6 +35,7 @@ from scai.sessions import (
     SessionNotFound,
     SessionStore,
 )
+from scai.store import open_store
 from scai.tasks import Item, Task, task_for
 
 log = logging.getLogger("scai.worker")
@@ -59,7 +60,7 @@ class Worker:
         self.settings = settings
         self.job = job
         self.task: Task = task or task_for(job, settings, settings.interpreter_threads(siblings))
-        self.store = store or SessionStore(settings.session_dir)
+        self.store = store or open_store(settings)
         self.models: dict[str, config.ModelSpec] = {}
         self.models_stamp: tuple[int, ...] | None = (-1,)
         self._reread_models()

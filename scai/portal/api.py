@@ -108,5 +108,5 @@ health = Blueprint("health", __name__)
 @health.get("/healthz")
 def healthz() -> tuple[Response, int]:
     """200 when uploads of every configured job kind will be answered (see ``scai.health``)."""
-    body, status = report(settings())
+    body, status = report(settings(), store())
     return jsonify(body), status

@@ -14,7 +14,8 @@ from werkzeug.utils import secure_filename
 from scai import config, imaging
 from scai.config import DETECTION, Settings
 from scai.errors import QueueFull
-from scai.sessions import INITIALIZATION, SessionNotFound, SessionStore, is_session_id, key_matches
+from scai.sessions import INITIALIZATION, SessionNotFound, is_session_id, key_matches
+from scai.store import open_store
 from scai.tasks import annotated_png
 
 log = logging.getLogger("scai.portal")
@@ -27,8 +28,12 @@ def settings() -> Settings:
     return current_app.extensions["scai"]
 
 
-def store() -> SessionStore:
-    return SessionStore(settings().session_dir)
+def store() -> Any:
+    """This portal's session store (one per application: a Redis store holds a connection pool)."""
+    extensions = current_app.extensions
+    if "scai_store" not in extensions:
+        extensions["scai_store"] = open_store(settings())
+    return extensions["scai_store"]
 
 
 def model_name(job: str, name: str | None) -> str:

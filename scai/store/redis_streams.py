@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,16 +206,32 @@ class RedisStore:
                 pipe.publish(self._events(claim.session_id), "processing")
                 self._run(pipe.execute)
 
-    def finish(self, claim: StreamClaim, fields: dict[str, Any]) -> bool:
+    def finish(self, claim: StreamClaim, fields: dict[str, Any], known: dict[str, Any] | None = None) -> bool:
         """Write the session's final ``fields`` and drop its entry, if this worker still owns
-        it; False (nothing written) if a recovery gave it to another worker meanwhile."""
+        it; False (nothing written) if a recovery gave it to another worker meanwhile.
+        ``known``: the state as the caller read it (saves reading it again)."""
         try:
-            state = self.state(claim.session_id)
+            state = known if known else self.state(claim.session_id)
         except SessionNotFound:
             state = None
         payload = json_bytes({**(state or {}), **fields, "updated": now_iso()}) if state else b""
         keys = [self._pool(claim.job), self._session(claim.session_id), self._events(claim.session_id)]
         return bool(self._run(self._fence, keys=keys, args=[GROUP, claim.entry, self.consumer, payload]))
+
+    def drop(self, claim: StreamClaim) -> None:
+        """An entry whose session needs no more work (gone, or final already)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self._pool(claim.job), GROUP, claim.entry)
+            pipe.xdel(self._pool(claim.job), claim.entry)
+            self._run(pipe.execute)
+
+    def release(self, claim: StreamClaim) -> None:
+        """Give a claim up without finishing it: it stays pending, and a recovery hands it out
+        again once it has been idle for the lease."""
+
+    def queue(self, job: str, watch: bool = True) -> StreamQueue:
+        """A worker's view of ``job``'s stream (see ``StreamQueue``); ``watch`` is the folder's."""
+        return StreamQueue(self, job)
 
     def recover(self, job: str) -> list[StreamClaim]:
         """Take over the entries of workers idle for longer than the lease (they died or hang);
@@ -242,15 +259,31 @@ class RedisStore:
     def beat(self, job: str, worker: str) -> None:
         self._run(self.redis.zadd, f"{self.prefix}workers:{job}", {worker: time.time()})
 
+    def retire(self, job: str, worker: str) -> None:
+        self._run(self.redis.zrem, f"{self.prefix}workers:{job}", worker)
+
     def live_workers(self, job: str, within: float) -> int:
         return int(self._run(self.redis.zcount, f"{self.prefix}workers:{job}", time.time() - within, "+inf"))
 
-    def queue_depth(self, job: str) -> int:
-        """Sessions queued and not yet handed to a worker."""
+    def queue_depth(self, job: str, stop_at: int | None = None) -> int:
+        """Sessions queued and not yet handed to a worker (``stop_at``: the folder's; Redis
+        counts in constant time)."""
+        return int(self._group(job).get("lag") or 0)
+
+    def oldest_wait(self, job: str) -> float:
+        """Seconds the oldest session not yet handed to a worker has waited; 0 if none."""
+        after = self._group(job).get("last-delivered-id") or b"0-0"
+        after = after.decode() if isinstance(after, bytes) else after
+        entries = self._run(self.redis.xrange, self._pool(job), f"({after}", "+", 1)
+        if not entries:
+            return 0.0
+        millis = int(entries[0][0].decode().split("-")[0])
+        return max(0.0, time.time() - millis / 1000)
+
+    def _group(self, job: str) -> dict[str, Any]:
         self._ensure_group(job)
         groups = self._run(self.redis.xinfo_groups, self._pool(job))
-        lag = next((g.get("lag") for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
-        return int(lag or 0)
+        return next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), {})
 
     def pending_claims(self, job: str) -> int:
         """Entries handed to workers and not yet finished (the pending entries list)."""
@@ -273,3 +306,31 @@ class RedisStore:
             return call(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise StoreUnavailable(f"the session store does not answer: {error}") from None
+
+
+class StreamQueue:
+    """Where a worker's next sessions come from: entries it recovered from dead workers first,
+    then new ones (XREADGROUP, blocking up to the time the worker's loop can wait)."""
+
+    def __init__(self, store: RedisStore, job: str) -> None:
+        self.store, self.job = store, job
+        self.backlog: deque[StreamClaim] = deque()
+
+    def __enter__(self) -> StreamQueue:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def recover(self) -> int:
+        recovered = self.store.recover(self.job)
+        self.backlog.extend(recovered)
+        return len(recovered)
+
+    def waiting(self) -> bool:
+        return bool(self.backlog)
+
+    def take(self, limit: int, block: float = 0.0, wake: tuple[int, ...] = ()) -> list[StreamClaim]:
+        if self.backlog:
+            return [self.backlog.popleft() for _ in range(min(limit, len(self.backlog)))]
+        return self.store.claim(self.job, limit, block)

@@ -1,0 +1,94 @@
+"""One contract, two stores: the portal (Flask's test client) and the real Worker with a fake
+model, on the session folder and on a real redis-server. Every route, id, key and JSON answer
+must be the same whichever store holds the sessions."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+from fakes import POISON, FakeTask, tiny_png, write_fake_usr
+
+from scai.config import CLASSIFICATION, Settings
+from scai.portal import create_app
+from scai.worker import Worker
+
+
+@pytest.fixture(params=["folder", "redis"])
+def settings(request, tmp_path) -> Settings:
+    store = ""
+    if request.param == "redis":
+        import redis
+
+        store = request.getfixturevalue("redis_url").replace("/0", "/1")
+        redis.Redis.from_url(store).flushdb()  # the fixture's own server: nobody else's data
+    usr = write_fake_usr(tmp_path / "usr", "default", "other")
+    return Settings(session_dir=tmp_path / "session", usr_dir=usr, store=store)
+
+
+@pytest.fixture
+def client(settings):
+    return create_app(settings).test_client()
+
+
+@pytest.fixture
+def worker(settings):
+    return Worker(settings, CLASSIFICATION, task=FakeTask(broken=["other"]))
+
+
+def upload(client, data: bytes, route: str = "/api/v1/classify?wait=0"):
+    return client.post(route, data={"image": (io.BytesIO(data), "a.png")}, content_type="multipart/form-data")
+
+
+def test_an_upload_is_answered_through_the_worker(client, worker) -> None:
+    photo = tiny_png((1, 2, 3))
+    accepted = upload(client, photo)
+    assert accepted.status_code == 202
+    session_id, key = accepted.json["sessname"], accepted.json["sesskey"]
+    waiting = client.get(f"/api/v1/sessions/{session_id}", headers={"X-Session-Key": key})
+    assert waiting.status_code == 202 and waiting.json["state"] == "initialization"
+    assert worker.drain() == 1
+    done = client.get(f"/api/v1/sessions/{session_id}", headers={"X-Session-Key": key})
+    assert done.status_code == 200 and done.json["predictions"] == [{"label": "#010203", "score": 1.0}]
+    assert client.get(f"/api/v1/sessions/{session_id}/input", headers={"X-Session-Key": key}).data == photo
+    legacy = client.get(f"/imageclassification/imgclassres?task={session_id}&key={key}")
+    assert legacy.status_code == 200 and legacy.json["result"] == {"#010203": "100.0%"}
+    assert client.get(f"/api/v1/sessions/{session_id}", headers={"X-Session-Key": "x" + key}).status_code == 403
+    assert client.get("/api/v1/sessions/d-20261126-" + "0" * 32).status_code == 404
+
+
+def test_failures_are_the_sessions_own(client, worker) -> None:
+    good = upload(client, tiny_png((0, 1, 0))).json
+    bad = upload(client, tiny_png(POISON)).json
+    broken = upload(client, tiny_png(), "/api/v1/classify?wait=0&model=other").json
+    worker.engine("default")  # a batching model: good and bad go in one batch, which is split
+    worker.drain()
+    answers = {
+        name: client.get(f"/api/v1/sessions/{s['sessname']}", headers={"X-Session-Key": s["sesskey"]})
+        for name, s in (("good", good), ("bad", bad), ("broken", broken))
+    }
+    assert {name: a.status_code for name, a in answers.items()} == {"good": 200, "bad": 422, "broken": 422}
+    assert answers["bad"].json["message"] == "the model could not process this image"
+    assert answers["broken"].json["message"].startswith("model 'other' unavailable")
+
+
+def test_a_wait_is_woken_by_the_worker(client, worker) -> None:
+    accepted = upload(client, tiny_png())
+    timer = threading.Timer(0.3, worker.drain)
+    timer.start()
+    answer = client.get(f"/api/v1/sessions/{accepted.json['sessname']}?wait=20&key={accepted.json['sesskey']}")
+    timer.join()
+    assert answer.status_code == 200
+
+
+def test_health_counts_the_queue_and_the_workers(client, worker) -> None:
+    for _ in range(3):
+        upload(client, tiny_png())
+    body = client.get("/healthz").json
+    assert body["jobs"]["classify"]["queued"] == 3 and body["jobs"]["classify"]["workers"] == 0
+    worker.store.beat(CLASSIFICATION, worker.name)
+    worker.drain()
+    body = client.get("/healthz")
+    assert body.status_code == 200 and body.json["jobs"]["classify"] == {**body.json["jobs"]["classify"], "queued": 0}
+    assert body.json["jobs"]["classify"]["workers"] == 1
