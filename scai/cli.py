@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--runningmode", choices=("runtime", "job"), help="workers that stay (default) or one per upload"
     )
     serve.add_argument(
+        "--portal-only", action="store_true", help="start no workers (they run elsewhere, on the same --store)"
+    )
+    serve.add_argument(
         "--workers",
         metavar="auto|N",
         help="worker processes per job kind (env SCAI_WORKERS; default auto: one per core for TFLite models)",
@@ -211,7 +214,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from scai.service import serve
 
-        return serve(_settings(args, running_mode=args.runningmode, workers=args.workers), args.host, args.port)
+        settings = _settings(args, running_mode=args.runningmode, workers=args.workers)
+        return serve(settings, args.host, args.port, args.portal_only)
     if args.command == "worker":
         return run_worker(args)
     if args.command == "classify":

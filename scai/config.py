@@ -126,6 +126,9 @@ class Settings:
     threads: int = setting(0, "SCAI_THREADS", "interpreter threads of each worker (0: from the cores)")
     queue_limit: int = setting(1000, "SCAI_QUEUE_LIMIT", "sessions that may wait per job kind before 503 (0: none)")
     retry_after_seconds: int = setting(5, help="Retry-After of a 503 for a full queue")
+    claim_lease_seconds: float = setting(
+        60.0, "SCAI_CLAIM_LEASE_SECONDS", "Redis: a claim idle this long is a dead worker's (above the slowest batch)"
+    )
     store: str = setting("", "SCAI_STORE", "redis://host:port/db: sessions in Redis (default: the session folder)")
     public_url: str = setting(
         "", "SCAI_PUBLIC_URL", "the address clients use, for /docs examples (e.g. https://ai.example)"
@@ -142,6 +145,8 @@ class Settings:
             raise ConfigError("the batch size, the upload limit and the pixel limit must be at least 1")
         if not 0 < self.rescan_seconds < float("inf") or not 0 <= self.keep_seconds < float("inf"):
             raise ConfigError("the rescan time must be above 0 s and the keep time at least 0 s")
+        if not 0 < self.claim_lease_seconds < float("inf"):
+            raise ConfigError("the claim lease must be above 0 s")
         if min(self.queue_limit, self.threads) < 0:
             raise ConfigError("the queue limit and the thread count must be 0 or more")
 

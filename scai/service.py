@@ -48,17 +48,18 @@ def portal_env(settings: Settings) -> dict[str, str]:
     return {**settings.to_env(), "PYTHONUNBUFFERED": "1"}
 
 
-def serve(settings: Settings, host: str, port: int) -> int:
-    """Run until Ctrl-C or SIGTERM, then stop the portal and the workers and wait for them."""
+def serve(settings: Settings, host: str, port: int, portal_only: bool = False) -> int:
+    """Run until Ctrl-C or SIGTERM, then stop the portal and the workers and wait for them.
+    ``portal_only``: no workers here (they run on other machines, sharing a Redis store)."""
     settings.session_dir.mkdir(parents=True, exist_ok=True)
     children = [Child("portal (uwsgi)", uwsgi_command(settings, host, port), portal_env(settings), essential=True)]
-    if settings.running_mode == "runtime":
+    if settings.running_mode == "runtime" and not portal_only:
         for job in configured_jobs(settings):
             children += worker_group(settings, job, settings.worker_processes(job))
     supervisor = Supervisor(children)
     supervisor.stop_on_signals()
     supervisor.start()
-    workers = ", ".join(child.name for child in children[1:]) or "none (job mode)"
+    workers = ", ".join(child.name for child in children[1:]) or "none here"
     log.info("SCAI on http://%s:%d (%s mode, sessions in %s; workers: %s)",
              host, port, settings.running_mode, settings.session_dir, workers)  # fmt: skip
     return supervisor.run()

@@ -29,5 +29,5 @@ def open_store(settings: Settings) -> Any:
             raise ConfigError("job mode needs the session folder; use runtime mode with a Redis store")
         from scai.store.redis_streams import RedisStore
 
-        return RedisStore(url, settings.keep_seconds)
+        return RedisStore(url, settings.keep_seconds, settings.claim_lease_seconds)
     raise ConfigError(f"SCAI_STORE must be empty (the session folder) or a redis:// URL, not {url!r}")

@@ -267,8 +267,14 @@ class RedisStore:
 
     def queue_depth(self, job: str, stop_at: int | None = None) -> int:
         """Sessions queued and not yet handed to a worker (``stop_at``: the folder's; Redis
-        counts in constant time)."""
-        return int(self._group(job).get("lag") or 0)
+        counts in constant time). Entries leave the stream when finished, so what is in it and
+        not pending waits (XINFO's ``lag`` would say so too, but only from Redis 7)."""
+        self._ensure_group(job)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self._pool(job))
+            pipe.xpending(self._pool(job), GROUP)
+            length, pending = self._run(pipe.execute)
+        return max(0, int(length) - int(pending["pending"]))
 
     def oldest_wait(self, job: str) -> float:
         """Seconds the oldest session not yet handed to a worker has waited; 0 if none."""

@@ -1,0 +1,141 @@
+"""The session stores side by side, without a model or HTTP: how fast a session goes from the
+portal to a worker and back, and how many items a second one worker drains from a burst.
+
+    .venv/bin/python bench/store.py [--handoffs 500] [--burst 2000] [--blob-kb 70]
+
+For each store (the session folder, and Redis Streams on a redis-server this script starts on a
+free port), in one run:
+  * hand-off: the portal's side creates a session with a blob and waits for its result (``wait``);
+    a worker process takes it (``queue.take``, blocking) and finishes it. Median and p95 of the
+    round trip, one at a time;
+  * burst: ``--burst`` sessions are queued first, then one worker process drains them, taking up
+    to 8 at a time: items a second.
+Compare the two stores within one run: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scai.config import CLASSIFICATION, Settings  # noqa: E402
+from scai.store import open_store  # noqa: E402
+
+DONE = {"state": "complete", "message": "complete", "result": {"bench": "100.0%"}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+               "--appendonly", "no", "--maxmemory-policy", "noeviction"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    import redis
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis(port=port).ping():
+                return server, f"redis://127.0.0.1:{port}/0"
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise SystemExit("redis-server did not answer")
+
+
+def worker(settings: Settings, stop_after: int, ready: mp.Event) -> None:
+    """Take and finish sessions until ``stop_after`` are done (burst) or forever (hand-off)."""
+    store = open_store(settings)
+    done = 0
+    with store.queue(CLASSIFICATION) as queue:
+        ready.set()
+        while stop_after <= 0 or done < stop_after:
+            for claim in queue.take(8, 1.0):
+                store.finish(claim, DONE)
+                done += 1
+
+
+def handoffs(settings: Settings, count: int, blob: bytes) -> list[float]:
+    store = open_store(settings)
+    ready = mp.Event()
+    process = mp.Process(target=worker, args=(settings, 0, ready), daemon=True)
+    process.start()
+    ready.wait(30)
+    times = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            session_id, _ = store.create(CLASSIFICATION, "default", blob, "jpg", "a.jpg")
+            state = store.wait(session_id, 10)
+            times.append((time.perf_counter() - started) * 1000)
+            assert state["state"] == "complete", state
+    finally:
+        process.terminate()
+        process.join()
+    return times
+
+
+def burst(settings: Settings, count: int, blob: bytes) -> float:
+    store = open_store(settings)
+    for _ in range(count):
+        store.create(CLASSIFICATION, "default", blob, "jpg", "a.jpg")
+    ready = mp.Event()
+    started = time.perf_counter()
+    process = mp.Process(target=worker, args=(settings, count, ready))
+    process.start()
+    process.join()
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--handoffs", type=int, default=500)
+    parser.add_argument("--burst", type=int, default=2000)
+    parser.add_argument("--blob-kb", type=int, default=70)
+    args = parser.parse_args()
+    blob = os.urandom(args.blob_kb * 1024)
+    with tempfile.TemporaryDirectory(prefix="scai-bench-store-") as folder:
+        tmp = Path(folder)
+        server, url = start_redis(tmp)
+        try:
+            for name, store in (("folder", ""), ("redis", url)):
+                for phase in ("handoff", "burst"):  # a fresh store for each phase
+                    settings = Settings(session_dir=tmp / name / phase, store=store)
+                    if store:
+                        import redis
+
+                        redis.Redis.from_url(store).flushdb()
+                    if phase == "handoff":
+                        times = sorted(handoffs(settings, args.handoffs, blob))
+                        p95 = times[int(len(times) * 0.95)]
+                        print(f"{name:7} hand-off: median {statistics.median(times):.2f} ms, p95 {p95:.2f} ms "
+                              f"({len(times)} round trips, {args.blob_kb} KB blobs)", flush=True)  # fmt: skip
+                    else:
+                        rate = burst(settings, args.burst, blob)
+                        print(f"{name:7} burst of {args.burst}: {rate:,.0f} items/s through one worker", flush=True)
+        finally:
+            server.terminate()
+            server.wait()
+
+
+if __name__ == "__main__":
+    main()
