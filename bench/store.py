@@ -67,6 +67,7 @@ def worker(settings: Settings, stop_after: int, ready: mp.Event) -> None:
     store = open_store(settings)
     done = 0
     with store.queue(CLASSIFICATION) as queue:
+        queue.recover()  # what was queued before this worker started (a worker does this first)
         ready.set()
         while stop_after <= 0 or done < stop_after:
             for claim in queue.take(8, 1.0):
