@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", default="auto", metavar="auto|N", help="worker processes per job kind (default auto)"
     )
     render.add_argument(
+        "--store",
+        default="",
+        metavar="URL",
+        help="redis://HOST:PORT/DB shared by every portal and worker unit (default: the session folder)",
+    )
+    render.add_argument(
         "--portal-processes", default="auto", metavar="auto|N", help="uwsgi processes (default auto: one per core)"
     )
 
@@ -175,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
     """Shared with the stand-alone ``clean.py`` so cron lines for either stay the same."""
     parser.add_argument("--sessionpath", type=Path, help="session folder (env SCAI_SESSION_DIR)")
+    parser.add_argument("--store", metavar="URL", help="a Redis store instead (env SCAI_STORE)")
     parser.add_argument("--keeptimeperoid", type=float, metavar="SECONDS",
                         help=f"remove sessions older than this (env SCAI_KEEP_SECONDS; "
                              f"default {_default('keep_seconds'):g})")  # fmt: skip
@@ -182,11 +189,18 @@ def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_clean(args: argparse.Namespace) -> int:
     from scai.cleanup import clean
+    from scai.store import open_store
 
-    settings = config.Settings.from_env(session_dir=args.sessionpath, keep_seconds=args.keeptimeperoid)
-    root = settings.session_dir
-    removed, kept = clean(root, settings.keep_seconds)
-    print(f"removed {len(removed)} sessions, kept {kept} (in {root})")
+    settings = config.Settings.from_env(
+        session_dir=args.sessionpath, keep_seconds=args.keeptimeperoid, store=getattr(args, "store", None)
+    )
+    if settings.store:
+        where = settings.store
+        removed, kept = open_store(settings).clean(settings.keep_seconds)
+    else:
+        where = str(settings.session_dir)
+        removed, kept = clean(settings.session_dir, settings.keep_seconds)
+    print(f"removed {len(removed)} sessions, kept {kept} (in {where})")
     for session_id in removed:
         print(f"removed {session_id}")
     return 0

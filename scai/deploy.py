@@ -23,6 +23,7 @@ from scai.config import (
     parse_count,
 )
 from scai.errors import RenderError
+from scai.store import REDIS_SCHEMES
 
 DEPLOY = ROOT / "deploy"
 #: template in deploy/ -> file written under --out (and the extra marks it gets)
@@ -56,6 +57,8 @@ class Installation:
     workers: str = "auto"
     #: uwsgi processes of the portal; ``auto`` is one per core of the machine it runs on
     portal_processes: str = "auto"
+    #: empty for the session folder, or the Redis URL every portal and worker unit shares
+    store: str = ""
 
     def marks(self, config_dir: Path) -> dict[str, str]:
         prefix = self.prefix.resolve()
@@ -82,6 +85,7 @@ class Installation:
             "PORTAL_THREADS": str(PORTAL_THREADS),
             "LISTEN_BACKLOG": str(listen_backlog()),
             "UWSGI_LOG_FORMAT": UWSGI_LOG_FORMAT,
+            "STORE": self.store,
         }
 
 
@@ -91,6 +95,8 @@ def check_sizing(installation: Installation) -> None:
         parse_count(installation.portal_processes, "--portal-processes")
     except ConfigError as error:
         raise RenderError(str(error)) from None
+    if installation.store and not installation.store.startswith(REDIS_SCHEMES):
+        raise RenderError(f"--store must be a redis:// URL, not {installation.store!r}")
 
 
 def fill(text: str, marks: dict[str, str], name: str) -> str:

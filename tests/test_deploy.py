@@ -310,3 +310,13 @@ def test_job_mode_under_uwsgi(tmp_path: Path) -> None:
         assert response.json()["predictions"][0]["label"] == "macaw"
     finally:
         stop(process)
+
+
+def test_the_redis_variant_points_every_unit_at_the_same_store(tmp_path: Path) -> None:
+    url = "redis://10.0.0.5:6379/0"
+    render(Installation(prefix=ROOT, user="root", port=80, store=url), tmp_path)
+    assert f"env = SCAI_STORE={url}\n" in (tmp_path / "uwsgi" / "scai.ini").read_text()
+    for kind in ("classify", "detect"):
+        assert f"Environment=SCAI_STORE={url}\n" in (tmp_path / "systemd" / f"scai-{kind}.service").read_text()
+    with pytest.raises(RenderError, match="must be a redis:// URL"):
+        render(Installation(prefix=ROOT, user="root", port=80, store="memcached://x"), tmp_path)

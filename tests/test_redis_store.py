@@ -107,3 +107,15 @@ def test_an_unreachable_server_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable) as raised:
         store.state("d-20261126-" + "0" * 32)
     assert raised.value.http_status == 503 and not store.healthy()
+
+
+def test_clean_removes_old_sessions_but_not_busy_ones(make_store) -> None:
+    portal, worker = make_store("portal"), make_store("w1")
+    old_done, _ = portal.create(JOB, "default", b"x", "png", "a.png")
+    (claim,) = worker.claim(JOB, 1)
+    worker.finish(claim, {"state": COMPLETE, "message": "complete"})
+    busy, _ = portal.create(JOB, "default", b"x", "png", "a.png")
+    worker.claim(JOB, 1)
+    removed, kept = portal.clean(0)
+    assert removed == [old_done] and kept == 1
+    assert not portal.redis.exists(portal._blob(old_done, "input.png")) and portal.state(busy)["state"] == PROCESSING

@@ -28,6 +28,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -299,6 +300,29 @@ class RedisStore:
     def completions(self, session_id: str) -> int:
         """How often the fence completed this session (the scale-out test counts on it)."""
         return int(self._run(self.redis.hget, self._session(session_id), "completions") or 0)
+
+    def clean(self, keep_seconds: float) -> tuple[list[str], int]:
+        """Remove sessions older than ``keep_seconds`` (sooner than their expiry), never one a
+        worker is processing; returns (removed, kept). Their stream entries, if still queued, are
+        let go by the worker that takes them (the session is gone)."""
+        removed, kept = [], 0
+        marker = f"{self.prefix}session:"
+        for key in self._run(lambda: list(self.redis.scan_iter(match=f"{marker}*", count=500))):
+            session_id = key.decode()[len(marker) :]
+            if not is_session_id(session_id):
+                continue  # a blob or an events key
+            try:
+                state = self.state(session_id)
+            except SessionNotFound:
+                continue
+            created = datetime.fromisoformat(state.get("created", now_iso())).timestamp()
+            if time.time() - created < keep_seconds or state.get("state") == PROCESSING:
+                kept += 1
+                continue
+            blobs = self._run(lambda sid=session_id: list(self.redis.scan_iter(match=f"{self._session(sid)}:*")))
+            self._run(self.redis.delete, self._session(session_id), *blobs)
+            removed.append(session_id)
+        return removed, kept
 
     def healthy(self) -> bool:
         try:
