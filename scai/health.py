@@ -29,7 +29,7 @@ def report(settings: Settings, store: Any = None) -> tuple[dict[str, Any], int]:
     store = store or open_store(settings)
     if settings.store:
         if not store.healthy():
-            problems.append("session store does not answer")
+            return {"status": "session store does not answer", "jobs": {}}, 503
     elif not (root.is_dir() and os.access(root, os.W_OK)):
         problems.append("session folder not writable")
     aliases = {job: alias for alias, job in config.JOB_ALIASES.items()}

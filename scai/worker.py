@@ -27,6 +27,7 @@ from typing import Any
 
 from scai import config, imaging
 from scai.config import ConfigError, Settings
+from scai.errors import StoreUnavailable
 from scai.sessions import (
     COMPLETE,
     FAILURE,
@@ -225,7 +226,7 @@ class Worker:
             while not self.stopping.is_set():
                 try:
                     self._step(queue)
-                except OSError:  # the session store's disk, not a session: wait, then go on
+                except (OSError, StoreUnavailable):  # the store (its disk, Redis), not a session: wait, go on
                     log.exception("the session store failed; trying again in %.0f s", self.settings.rescan_seconds)
                     self.next_rescan = time.monotonic() + self.settings.rescan_seconds
                     select.select([self._stop_read], [], [], self.settings.rescan_seconds)
@@ -251,7 +252,8 @@ class Worker:
         try:
             yield
         finally:
-            self.store.retire(self.job, self.name)
+            with suppress(OSError, StoreUnavailable):  # the heartbeat goes stale by itself
+                self.store.retire(self.job, self.name)
             os.close(self._stop_read)
             os.close(self._stop_write)
 

@@ -92,3 +92,22 @@ def test_health_counts_the_queue_and_the_workers(client, worker) -> None:
     body = client.get("/healthz")
     assert body.status_code == 200 and body.json["jobs"]["classify"] == {**body.json["jobs"]["classify"], "queued": 0}
     assert body.json["jobs"]["classify"]["workers"] == 1
+
+
+def test_a_store_that_does_not_answer_is_503_and_the_worker_waits_it_out(tmp_path, monkeypatch) -> None:
+    """Redis down: uploads and health answer 503 (retry later); the worker's loop waits and goes
+    on rather than dying (a supervisor would give up on a worker that keeps dying)."""
+    from conftest import free_port
+
+    settings = Settings(session_dir=tmp_path / "s", usr_dir=write_fake_usr(tmp_path / "usr"), rescan_seconds=0.1)
+    settings.store = f"redis://127.0.0.1:{free_port()}/0"
+    client = create_app(settings).test_client()
+    refused = upload(client, tiny_png())
+    assert refused.status_code == 503 and "does not answer" in refused.json["message"]
+    assert client.get("/healthz").status_code == 503
+    worker = Worker(settings, CLASSIFICATION, task=FakeTask())
+    turns = []
+    monkeypatch.setattr(worker, "_step", lambda queue: turns.append(1) or worker.store.beat(CLASSIFICATION, "w"))
+    threading.Timer(0.5, worker.stop).start()
+    worker.run_forever()  # returns when stopped: the failures did not end it
+    assert len(turns) >= 2, "it tried again after the first failure"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -70,6 +71,66 @@ return 1
 """
 
 
+#: A wait looks at its session again at least this often, should a message have been lost while
+#: the subscription reconnected.
+SAFETY_NET_SECONDS = 5.0
+
+
+class SessionEvents:
+    """One pattern subscription (PSUBSCRIBE) shared by every wait of a process, read by one
+    thread that wakes the waits on the session that changed. Subscribing per wait costs a
+    connection and two round trips; this costs a dictionary entry."""
+
+    def __init__(self, client: redis.Redis, pattern: str) -> None:
+        self.lock = threading.Lock()
+        self.waiters: dict[bytes, set[threading.Event]] = {}
+        self.pubsub = client.pubsub()
+        self.pubsub.psubscribe(pattern)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # subscribed before any wait reads a state
+            message = self.pubsub.get_message(timeout=1.0)
+            if message and message["type"] == "psubscribe":
+                break
+        threading.Thread(target=self._listen, name="scai-session-events", daemon=True).start()
+
+    def watch(self, channel: bytes) -> threading.Event:
+        event = threading.Event()
+        with self.lock:
+            self.waiters.setdefault(channel, set()).add(event)
+        return event
+
+    def unwatch(self, channel: bytes, event: threading.Event) -> None:
+        with self.lock:
+            events = self.waiters.get(channel)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self.waiters[channel]
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                message = self.pubsub.get_message(timeout=1.0)
+            except redis.ConnectionError:  # the server went away: every wait looks again; reconnect
+                self._wake_all()
+                time.sleep(0.5)
+                continue
+            except (ValueError, AttributeError, OSError):  # the client was closed: nothing to listen to
+                self._wake_all()
+                return
+            if message and message["type"] == "pmessage":
+                with self.lock:
+                    events = list(self.waiters.get(message["channel"], ()))
+                for event in events:
+                    event.set()
+
+    def _wake_all(self) -> None:
+        with self.lock:
+            events = [event for events in self.waiters.values() for event in events]
+        for event in events:
+            event.set()
+
+
 @dataclass
 class StreamClaim:
     """A session a worker took from its job's stream."""
@@ -95,6 +156,8 @@ class RedisStore:
         self.consumer = consumer_name()
         self._fence = self.redis.register_script(FENCE)
         self._groups: set[str] = set()
+        self._events_lock = threading.Lock()
+        self._events_listener: SessionEvents | None = None
 
     # -- names ---------------------------------------------------------------------------------
     def _session(self, session_id: str) -> str:
@@ -114,7 +177,7 @@ class RedisStore:
     def _ensure_group(self, job: str) -> None:
         if job not in self._groups:
             try:
-                self.redis.xgroup_create(self._pool(job), GROUP, id="0", mkstream=True)
+                self._run(self.redis.xgroup_create, self._pool(job), GROUP, id="0", mkstream=True)
             except redis.ResponseError as error:
                 if "BUSYGROUP" not in str(error):
                     raise
@@ -163,17 +226,26 @@ class RedisStore:
         state = self.state(session_id)
         if self._settled(state, changed_from) or timeout <= 0:
             return state
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        channel = self._events(session_id).encode()
+        changed = self._session_events().watch(channel)
         try:
-            pubsub.subscribe(self._events(session_id))
             while True:
-                state = self.state(session_id)
+                changed.clear()
+                state = self.state(session_id)  # read after the watch starts: no change is missed
                 remaining = deadline - time.monotonic()
                 if self._settled(state, changed_from) or remaining <= 0:
                     return state
-                pubsub.get_message(timeout=min(remaining, 1.0))
+                changed.wait(min(remaining, SAFETY_NET_SECONDS))
         finally:
-            pubsub.close()
+            self._session_events().unwatch(channel, changed)
+
+    def _session_events(self) -> SessionEvents:
+        """This process's one subscription to every session's channel, made on first use (after
+        uwsgi forked its workers)."""
+        with self._events_lock:
+            if self._events_listener is None:
+                self._events_listener = SessionEvents(self.redis, f"{self.prefix}session:*:events")
+            return self._events_listener
 
     @staticmethod
     def _settled(state: dict[str, Any], changed_from: str | None) -> bool:
