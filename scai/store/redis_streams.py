@@ -131,6 +131,16 @@ class SessionEvents:
             event.set()
 
 
+#: KEYS: session hash, events channel. Marks a session taken (never recreating an expired one).
+MARK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('HSET', KEYS[1], 'phase', 'processing')
+    redis.call('PUBLISH', KEYS[2], 'processing')
+end
+return 1
+"""
+
+
 @dataclass
 class StreamClaim:
     """A session a worker took from its job's stream."""
@@ -155,6 +165,7 @@ class RedisStore:
         self.prefix = prefix
         self.consumer = consumer_name()
         self._fence = self.redis.register_script(FENCE)
+        self._mark = self.redis.register_script(MARK)
         self._groups: set[str] = set()
         self._events_lock = threading.Lock()
         self._events_listener: SessionEvents | None = None
@@ -205,10 +216,15 @@ class RedisStore:
         return session_id, key
 
     def state(self, session_id: str) -> dict[str, Any]:
-        raw = self._run(self.redis.hget, self._session(session_id), "state")
+        """process.json's fields; a waiting session a worker has taken reads as ``processing``
+        (the worker marks ``phase`` rather than rewriting the state, as the folder's claim marker)."""
+        raw, phase = self._run(self.redis.hmget, self._session(session_id), ["state", "phase"])
         if raw is None:
             raise SessionNotFound(session_id)
-        return json.loads(raw)
+        state = json.loads(raw)
+        if phase == b"processing" and state.get("state") == INITIALIZATION:
+            state.update(state=PROCESSING, message="processing")
+        return state
 
     def read_blob(self, session_id: str, name: str) -> bytes:
         data = self._run(self.redis.get, self._blob(session_id, name))
@@ -263,21 +279,16 @@ class RedisStore:
             for _, entries in reply or []
             for entry, fields in entries
         ]
-        for claim in claims:
-            self.mark_processing(claim)
+        if claims:
+            self.mark_processing(claims)
         return claims
 
-    def mark_processing(self, claim: StreamClaim) -> None:
-        try:
-            state = self.state(claim.session_id)
-        except SessionNotFound:
-            return
-        if state.get("state") == INITIALIZATION:
-            state.update(state=PROCESSING, message="processing", updated=now_iso())
-            with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._session(claim.session_id), "state", json_bytes(state))
-                pipe.publish(self._events(claim.session_id), "processing")
-                self._run(pipe.execute)
+    def mark_processing(self, claims: list[StreamClaim]) -> None:
+        """Say that these sessions are being worked on, in one round trip for the batch."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for claim in claims:
+                self._mark(keys=[self._session(claim.session_id), self._events(claim.session_id)], client=pipe)
+            self._run(pipe.execute)
 
     def finish(self, claim: StreamClaim, fields: dict[str, Any], known: dict[str, Any] | None = None) -> bool:
         """Write the session's final ``fields`` and drop its entry, if this worker still owns
