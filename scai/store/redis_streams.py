@@ -71,6 +71,31 @@ return 1
 """
 
 
+class RedisBlobs:
+    """A session's files (the upload, the annotated image) in Redis, expiring with the session.
+    The whole seam for another blob store: an S3-compatible one would answer the same three
+    calls, keyed by the session's name, with a lifecycle rule for the expiry."""
+
+    def __init__(self, client: redis.Redis, keep_seconds: int) -> None:
+        self.redis, self.keep = client, keep_seconds
+
+    @staticmethod
+    def key(session: str, name: str) -> str:
+        return f"{session}:blob:{name}"
+
+    def get(self, session: str, name: str) -> bytes | None:
+        return self.redis.get(self.key(session, name))
+
+    def put(self, session: str, name: str, data: bytes, pipe: Any = None) -> None:
+        """Stored with the session's lifetime; ``pipe``: inside the transaction that creates it."""
+        (pipe or self.redis).set(self.key(session, name), data, ex=self.keep)
+
+    def delete_all(self, session: str) -> None:
+        keys = list(self.redis.scan_iter(match=self.key(session, "*")))
+        if keys:
+            self.redis.delete(*keys)
+
+
 #: A wait looks at its session again at least this often, should a message have been lost while
 #: the subscription reconnected.
 SAFETY_NET_SECONDS = 5.0
@@ -164,6 +189,7 @@ class RedisStore:
         self.lease_ms = int(lease_seconds * 1000)
         self.prefix = prefix
         self.consumer = consumer_name()
+        self.blobs = RedisBlobs(self.redis, self.keep)
         self._fence = self.redis.register_script(FENCE)
         self._mark = self.redis.register_script(MARK)
         self._groups: set[str] = set()
@@ -177,7 +203,7 @@ class RedisStore:
         return f"{self.prefix}session:{session_id}"
 
     def _blob(self, session_id: str, name: str) -> str:
-        return f"{self._session(session_id)}:blob:{name}"
+        return self.blobs.key(self._session(session_id), name)
 
     def _events(self, session_id: str) -> str:
         return f"{self._session(session_id)}:events"
@@ -210,7 +236,7 @@ class RedisStore:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._session(session_id), mapping={"state": json_bytes(state), "completions": 0})
             pipe.expire(self._session(session_id), self.keep)
-            pipe.set(self._blob(session_id, state["input"]), image, ex=self.keep)
+            self.blobs.put(self._session(session_id), state["input"], image, pipe)
             pipe.xadd(self._pool(job), {"id": session_id})
             self._run(pipe.execute)
         return session_id, key
@@ -227,13 +253,13 @@ class RedisStore:
         return state
 
     def read_blob(self, session_id: str, name: str) -> bytes:
-        data = self._run(self.redis.get, self._blob(session_id, name))
+        data = self._run(self.blobs.get, self._session(session_id), name)
         if data is None:
             raise SessionNotFound(session_id)
         return data
 
     def write_blob(self, session_id: str, name: str, data: bytes) -> None:
-        self._run(self.redis.set, self._blob(session_id, name), data, ex=self.keep)
+        self._run(self.blobs.put, self._session(session_id), name, data)
 
     def wait(self, session_id: str, timeout: float, changed_from: str | None = None) -> dict[str, Any]:
         """The state once final (or, with ``changed_from``, different), or as it is at the deadline.
@@ -402,8 +428,8 @@ class RedisStore:
             if time.time() - created < keep_seconds or state.get("state") == PROCESSING:
                 kept += 1
                 continue
-            blobs = self._run(lambda sid=session_id: list(self.redis.scan_iter(match=f"{self._session(sid)}:*")))
-            self._run(self.redis.delete, self._session(session_id), *blobs)
+            self._run(self.blobs.delete_all, self._session(session_id))
+            self._run(self.redis.delete, self._session(session_id))
             removed.append(session_id)
         return removed, kept
 
