@@ -118,6 +118,8 @@ class Claim:
     session_id: str
     path: Path
     fd: int
+    #: Dropped or released: its descriptor is closed (and its number may belong to another file).
+    done: bool = False
 
 
 class SessionStore:
@@ -335,6 +337,7 @@ class SessionStore:
         """Drop a marker whose session needs no more work, then let go of its lock."""
         with suppress(FileNotFoundError):
             os.unlink(claim.path)
+        claim.done = True
         os.close(claim.fd)
 
     def finish(self, claim: Claim, fields: dict[str, Any], known: dict[str, Any] | None = None) -> bool:
@@ -353,8 +356,11 @@ class SessionStore:
         return FolderQueue(self, job, watch)
 
     def release(self, claim: Claim) -> None:
-        """Let go of a claim without finishing it: the next ``recover`` returns it to the pool."""
-        os.close(claim.fd)
+        """Let go of a claim without finishing it: the next ``recover`` returns it to the pool.
+        A claim already let go is left alone."""
+        if not claim.done:
+            claim.done = True
+            os.close(claim.fd)
 
     def recover(self, job: str) -> list[str]:
         """Put markers held by dead workers back in the pool; returns their ids."""

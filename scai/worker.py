@@ -118,12 +118,17 @@ class Worker:
         """Run claimed sessions, grouped by model; every claim ends complete, failed or gone.
         ``lone``: nothing else waits, so this batch may use every core."""
         by_model: dict[str, list[tuple[Claim, dict[str, Any]]]] = defaultdict(list)
-        for claim in claims:
-            state = self._open(claim)
-            if state is not None:
-                by_model[str(state.get("model") or config.DEFAULT_MODEL)].append((claim, state))
-        for model, opened in by_model.items():
-            self._run_model(model, opened, lone)
+        try:
+            for claim in claims:
+                state = self._open(claim)
+                if state is not None:
+                    by_model[str(state.get("model") or config.DEFAULT_MODEL)].append((claim, state))
+            for model, opened in by_model.items():
+                self._run_model(model, opened, lone)
+        except BaseException:  # the store failed: what is still in hand goes back, to be tried again
+            for claim in claims:
+                self.store.release(claim)
+            raise
 
     def _open(self, claim: Claim) -> dict[str, Any] | None:
         """The claimed session's state, or None (and the claim let go) if it needs no more work."""
@@ -133,6 +138,8 @@ class Worker:
             log.info("session %s vanished before processing", claim.session_id)
             self.store.drop(claim)
             return None
+        except StoreUnavailable:
+            raise  # the store, not the session: the claim stays pending and is handed out again
         except Exception as error:  # an unreadable process.json fails its session, not the worker
             log.exception("session %s has an unreadable state", claim.session_id)
             self._fail(claim, None, f"internal error: unreadable session state ({error.__class__.__name__})")
@@ -155,6 +162,8 @@ class Worker:
         except imaging.InvalidImage as error:
             self._fail(claim, state, str(error))
             return None
+        except StoreUnavailable:
+            raise
         except Exception as error:  # a session must never take the worker down
             log.exception("session %s could not be opened", claim.session_id)
             self._fail(claim, state, f"internal error: {error}")

@@ -98,7 +98,8 @@ def test_sessions_expire_with_their_keep_time(make_store) -> None:
         portal.state(session_id)
     worker = make_store("w1")
     (claim,) = worker.claim(JOB, 1)  # its entry was still queued: the worker lets it go
-    assert worker.finish(claim, {"state": COMPLETE}) and portal.pending_claims(JOB) == 0
+    assert not worker.finish(claim, {"state": COMPLETE}), "nothing written: not reported as complete"
+    assert portal.pending_claims(JOB) == 0
     assert not portal.redis.exists(portal._session(session_id)), "nothing written back for a gone session"
 
 
@@ -119,3 +120,21 @@ def test_clean_removes_old_sessions_but_not_busy_ones(make_store) -> None:
     removed, kept = portal.clean(0)
     assert removed == [old_done] and kept == 1
     assert not portal.redis.exists(portal._blob(old_done, "input.png")) and portal.state(busy)["state"] == PROCESSING
+
+
+def test_recovered_work_is_not_taken_over_again_while_in_hand(make_store) -> None:
+    """A worker that took over a dead worker's entries runs them before it recovers more: they
+    are never handed out a second time meanwhile and counted as poison."""
+    portal = make_store("portal")
+    ids = [portal.create(JOB, "default", b"x", "png", "a.png")[0] for _ in range(3)]
+    make_store("dead").claim(JOB, 3)
+    rescuer = make_store("rescuer", lease_seconds=0.05)
+    time.sleep(0.1)  # the dead worker's entries idle past the lease
+    with rescuer.queue(JOB) as queue:
+        assert queue.recover() == 3
+        time.sleep(0.1)  # past the lease again
+        assert queue.recover() == 0 and len(queue.backlog) == 3
+        claims = queue.take(8)
+    assert sorted(c.session_id for c in claims) == sorted(ids)
+    assert all(rescuer.finish(c, {"state": COMPLETE, "message": "complete"}) for c in claims)
+    assert {portal.state(i)["state"] for i in ids} == {COMPLETE}

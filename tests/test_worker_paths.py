@@ -139,3 +139,22 @@ def test_a_claim_that_fails_midway_holds_no_lock(worker: Worker, monkeypatch: py
     worker.rescan()  # what the loop does after a store error: the first claim comes back too
     assert worker.drain() == 2
     assert [worker.store.state(i)["state"] for i in ids] == [COMPLETE, COMPLETE]
+
+
+def test_a_store_failure_is_not_the_sessions_fault(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store failing while a session is read (Redis down a moment) leaves the session to be
+    tried again; it is never failed with the store's message."""
+    from scai.errors import StoreUnavailable
+
+    session_id = queue(worker.store)
+
+    def down(*_: object) -> bytes:
+        raise StoreUnavailable("the session store does not answer")
+
+    monkeypatch.setattr(worker.store, "read_blob", down)
+    with pytest.raises(StoreUnavailable):
+        worker.drain()  # the loop catches this, waits and goes on
+    monkeypatch.undo()
+    assert worker.store.state(session_id)["state"] == PROCESSING
+    assert worker.rescan() == 1 and worker.drain() == 1
+    assert worker.store.state(session_id)["state"] == COMPLETE

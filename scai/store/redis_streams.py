@@ -23,6 +23,7 @@ subscribes before it reads the state, so no change is missed. Job streams are ne
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -54,20 +55,23 @@ MAX_DELIVERIES = 3
 
 
 #: KEYS: stream, session hash, events channel. ARGV: group, entry id, consumer, state JSON.
-#: Writes the final state only while ``consumer`` owns the entry; returns 1 if it did, else 0.
+#: Writes the final state only while ``consumer`` owns the entry; returns 1 if it did, 0 if the
+#: entry is another's, 2 if the session is gone (the entry is dropped, nothing written).
 FENCE = """
 local owner = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #owner == 0 or owner[1][2] ~= ARGV[3] then
     return 0
 end
+local written = 2
 if redis.call('EXISTS', KEYS[2]) == 1 then
     redis.call('HSET', KEYS[2], 'state', ARGV[4])
     redis.call('HINCRBY', KEYS[2], 'completions', 1)
     redis.call('PUBLISH', KEYS[3], 'final')
+    written = 1
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-return 1
+return written
 """
 
 
@@ -116,7 +120,8 @@ class SessionEvents:
             message = self.pubsub.get_message(timeout=1.0)
             if message and message["type"] == "psubscribe":
                 break
-        threading.Thread(target=self._listen, name="scai-session-events", daemon=True).start()
+        self.thread = threading.Thread(target=self._listen, name="scai-session-events", daemon=True)
+        self.thread.start()
 
     def watch(self, channel: bytes) -> threading.Event:
         event = threading.Event()
@@ -136,7 +141,7 @@ class SessionEvents:
         while True:
             try:
                 message = self.pubsub.get_message(timeout=1.0)
-            except redis.ConnectionError:  # the server went away: every wait looks again; reconnect
+            except redis.RedisError:  # the server went away or stalls: every wait looks again; reconnect
                 self._wake_all()
                 time.sleep(0.5)
                 continue
@@ -285,7 +290,7 @@ class RedisStore:
         """This process's one subscription to every session's channel, made on first use (after
         uwsgi forked its workers)."""
         with self._events_lock:
-            if self._events_listener is None:
+            if self._events_listener is None or not self._events_listener.thread.is_alive():
                 self._events_listener = SessionEvents(self.redis, f"{self.prefix}session:*:events")
             return self._events_listener
 
@@ -298,7 +303,7 @@ class RedisStore:
         """Up to ``limit`` new sessions of ``job`` for this worker, waiting up to ``block_seconds``
         for the first; each is marked ``processing``."""
         self._ensure_group(job)
-        block = int(block_seconds * 1000) if block_seconds > 0 else None
+        block = max(1, math.ceil(block_seconds * 1000)) if block_seconds > 0 else None  # BLOCK 0 is forever
         reply = self._run(self.redis.xreadgroup, GROUP, self.consumer, {self._pool(job): ">"}, limit, block)
         claims = [
             StreamClaim(job, fields[b"id"].decode(), entry.decode())
@@ -321,12 +326,14 @@ class RedisStore:
         it; False (nothing written) if a recovery gave it to another worker meanwhile.
         ``known``: the state as the caller read it (saves reading it again)."""
         try:
-            state = known if known else self.state(claim.session_id)
+            state = known if known is not None else self.state(claim.session_id)
         except SessionNotFound:
-            state = None
-        payload = json_bytes({**(state or {}), **fields, "updated": now_iso()}) if state else b""
+            state = {}
+        except ValueError:  # an unreadable state: the final fields alone replace it
+            state = {}
+        payload = json_bytes({**state, **fields, "updated": now_iso()})
         keys = [self._pool(claim.job), self._session(claim.session_id), self._events(claim.session_id)]
-        return bool(self._run(self._fence, keys=keys, args=[GROUP, claim.entry, self.consumer, payload]))
+        return self._run(self._fence, keys=keys, args=[GROUP, claim.entry, self.consumer, payload]) == 1
 
     def drop(self, claim: StreamClaim) -> None:
         """An entry whose session needs no more work (gone, or final already)."""
@@ -343,20 +350,16 @@ class RedisStore:
         """A worker's view of ``job``'s stream (see ``StreamQueue``); ``watch`` is the folder's."""
         return StreamQueue(self, job)
 
-    def recover(self, job: str) -> list[StreamClaim]:
-        """Take over the entries of workers idle for longer than the lease (they died or hang);
-        an entry delivered ``MAX_DELIVERIES`` times fails its session instead."""
+    def recover(self, job: str, count: int = 8) -> list[StreamClaim]:
+        """Take over up to ``count`` entries of workers idle for longer than the lease (they died
+        or hang): no more than this worker runs before its next recovery, so none of them sits
+        here past the lease and is taken over again. An entry delivered more than
+        ``MAX_DELIVERIES`` times fails its session instead."""
         self._ensure_group(job)
-        claims, start = [], "0-0"
-        while True:
-            reply = self._run(self.redis.xautoclaim, self._pool(job), GROUP, self.consumer, self.lease_ms, start, 100)
-            start, entries = reply[0], reply[1]
-            for entry, fields in entries:
-                if fields is None:
-                    continue
-                claims.append(StreamClaim(job, fields[b"id"].decode(), entry.decode()))
-            if start in (b"0-0", "0-0"):
-                break
+        reply = self._run(self.redis.xautoclaim, self._pool(job), GROUP, self.consumer, self.lease_ms, "0-0", count)
+        claims = [
+            StreamClaim(job, fields[b"id"].decode(), entry.decode()) for entry, fields in reply[1] if fields is not None
+        ]
         for claim in claims:
             detail = self._run(self.redis.xpending_range, self._pool(job), GROUP, claim.entry, claim.entry, 1)
             claim.deliveries = detail[0]["times_delivered"] if detail else 1
@@ -445,6 +448,13 @@ class RedisStore:
             return call(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise StoreUnavailable(f"the session store does not answer: {error}") from None
+        except (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError) as error:
+            raise StoreUnavailable(f"the session store refuses writes: {error}") from None
+        except redis.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            self._groups.clear()  # Redis lost the stream (restarted empty, flushed): make it again
+            raise StoreUnavailable("the session store lost its queue; try again") from None
 
 
 class StreamQueue:
@@ -462,6 +472,8 @@ class StreamQueue:
         pass
 
     def recover(self) -> int:
+        if self.backlog:  # what was taken over last time comes first; those entries stay ours
+            return 0
         recovered = self.store.recover(self.job)
         self.backlog.extend(recovered)
         return len(recovered)
