@@ -138,3 +138,20 @@ def test_recovered_work_is_not_taken_over_again_while_in_hand(make_store) -> Non
     assert sorted(c.session_id for c in claims) == sorted(ids)
     assert all(rescuer.finish(c, {"state": COMPLETE, "message": "complete"}) for c in claims)
     assert {portal.state(i)["state"] for i in ids} == {COMPLETE}
+
+
+def test_dead_workers_are_forgotten(make_store, monkeypatch) -> None:
+    """Every restart is a new worker name: heartbeats and stream consumers of workers long
+    silent are removed, so killed workers do not pile up in Redis."""
+    portal, worker = make_store("portal"), make_store("w1")
+    worker.beat(JOB, "long-gone")
+    portal.create(JOB, "default", b"x", "png", "a.png")
+    (claim,) = worker.claim(JOB, 1)
+    worker.finish(claim, {"state": COMPLETE})
+    monkeypatch.setattr("scai.store.redis_streams.FORGET_SECONDS", 0.05)
+    time.sleep(0.1)
+    worker.beat(JOB, "alive")
+    assert portal.redis.zrange(portal._pool(JOB).replace("pool", "workers"), 0, -1) == [b"alive"]
+    make_store("rescuer").recover(JOB)
+    names = [c["name"] for c in portal.redis.xinfo_consumers(portal._pool(JOB), "workers")]
+    assert b"w1" not in names

@@ -52,6 +52,8 @@ from scai.sessions import (
 GROUP = "workers"
 #: An entry handed out this many times without completing fails its session.
 MAX_DELIVERIES = 3
+#: A worker (heartbeat, stream consumer) silent this long is forgotten.
+FORGET_SECONDS = 3600.0
 
 
 #: KEYS: stream, session hash, events channel. ARGV: group, entry id, consumer, state JSON.
@@ -363,6 +365,7 @@ class RedisStore:
         for claim in claims:
             detail = self._run(self.redis.xpending_range, self._pool(job), GROUP, claim.entry, claim.entry, 1)
             claim.deliveries = detail[0]["times_delivered"] if detail else 1
+        self._forget_consumers(job)
         poisoned = [c for c in claims if c.deliveries > MAX_DELIVERIES]
         for claim in poisoned:
             message = f"failed: the image stopped {MAX_DELIVERIES} workers (delivered {claim.deliveries} times)"
@@ -370,7 +373,19 @@ class RedisStore:
         return [c for c in claims if c not in poisoned]
 
     def beat(self, job: str, worker: str) -> None:
-        self._run(self.redis.zadd, f"{self.prefix}workers:{job}", {worker: time.time()})
+        """Say that ``worker`` serves ``job`` now; forget workers silent for ``FORGET_SECONDS``
+        (each restart is a new name: killed workers would pile up)."""
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(f"{self.prefix}workers:{job}", {worker: now})
+            pipe.zremrangebyscore(f"{self.prefix}workers:{job}", "-inf", now - FORGET_SECONDS)
+            self._run(pipe.execute)
+
+    def _forget_consumers(self, job: str) -> None:
+        """Delete consumers that hold nothing and were idle ``FORGET_SECONDS`` (dead workers)."""
+        for consumer in self._run(self.redis.xinfo_consumers, self._pool(job), GROUP):
+            if consumer["pending"] == 0 and consumer["idle"] > FORGET_SECONDS * 1000:
+                self._run(self.redis.xgroup_delconsumer, self._pool(job), GROUP, consumer["name"])
 
     def retire(self, job: str, worker: str) -> None:
         self._run(self.redis.zrem, f"{self.prefix}workers:{job}", worker)
