@@ -19,7 +19,6 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,16 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from compare import free_port  # noqa: E402  (bench/, this script's folder)
+
 from scai.config import CLASSIFICATION, Settings  # noqa: E402
 from scai.store import open_store  # noqa: E402
 
 DONE = {"state": "complete", "message": "complete", "result": {"bench": "100.0%"}}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:

@@ -337,19 +337,18 @@ class SessionStore:
         """Drop a marker whose session needs no more work, then let go of its lock."""
         with suppress(FileNotFoundError):
             os.unlink(claim.path)
-        claim.done = True
-        os.close(claim.fd)
+        self.release(claim)
 
     def finish(self, claim: Claim, fields: dict[str, Any], known: dict[str, Any] | None = None) -> bool:
         """Write a claimed session's final ``fields`` and drop its marker; False if the session
         vanished meanwhile. A write that fails (a full disk) raises, the claim still held."""
         try:
             self.update(claim.session_id, known, **fields)
+            written = True
         except SessionNotFound:
-            self.drop(claim)
-            return False
+            written = False
         self.drop(claim)
-        return True
+        return written
 
     def queue(self, job: str, watch: bool = True) -> FolderQueue:
         """A worker's view of ``job``'s pool (see ``FolderQueue``)."""

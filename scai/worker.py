@@ -135,9 +135,7 @@ class Worker:
         try:
             state = self.store.state(claim.session_id)
         except SessionNotFound:
-            log.info("session %s vanished before processing", claim.session_id)
-            self.store.drop(claim)
-            return None
+            return self._vanished(claim)
         except StoreUnavailable:
             raise  # the store, not the session: the claim stays pending and is handed out again
         except Exception as error:  # an unreadable process.json fails its session, not the worker
@@ -149,6 +147,11 @@ class Worker:
             return None
         return state
 
+    def _vanished(self, claim: Claim) -> None:
+        """A session cleaned away before its turn: nothing to do but let its claim go."""
+        log.info("session %s vanished before processing", claim.session_id)
+        self.store.drop(claim)
+
     def _decode(self, engine: Any, claim: Claim, state: dict[str, Any]) -> Item | None:
         """The session's image decoded for this engine, or None (the session failed) if it cannot be."""
         fit = getattr(engine, "input_size", None) if self.settings.draft_decode else None
@@ -156,9 +159,7 @@ class Worker:
             source = self.store.read_blob(claim.session_id, str(state.get("input")))
             image = engine.shrink(imaging.load_rgb(source, self.settings.max_pixels, fit[::-1] if fit else None))
         except SessionNotFound:
-            log.info("session %s vanished before processing", claim.session_id)
-            self.store.drop(claim)
-            return None
+            return self._vanished(claim)
         except imaging.InvalidImage as error:
             self._fail(claim, state, str(error))
             return None

@@ -63,6 +63,12 @@ class FakeTask:
         return results
 
 
+def upload(client: Any, data: bytes | None = None, route: str = "/api/v1/classify?wait=0") -> Any:
+    """POST an image (a tiny PNG unless given) to the portal under Flask's test client."""
+    image = data if data is not None else tiny_png()
+    return client.post(route, data={"image": (io.BytesIO(image), "a.png")}, content_type="multipart/form-data")
+
+
 def write_fake_usr(folder: Path, *names: str) -> Path:
     """A usr folder whose classification sections name model files that need not exist."""
     folder.mkdir(parents=True, exist_ok=True)

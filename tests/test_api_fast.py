@@ -4,19 +4,14 @@ the whole upload -> result path, bad input and a full disk, without assets."""
 from __future__ import annotations
 
 import errno
-import io
 import os
 
 import pytest
-from fakes import tiny_png
+from fakes import tiny_png, upload
 
 from scai import sessions
 from scai.cleanup import clean
 from scai.sessions import SessionStore
-
-
-def upload(client, data: bytes, route: str = "/api/v1/classify?wait=0", field: str = "image"):
-    return client.post(route, data={field: (io.BytesIO(data), "a.png")}, content_type="multipart/form-data")
 
 
 def test_upload_then_result_through_the_worker(client, worker) -> None:

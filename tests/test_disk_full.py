@@ -5,14 +5,13 @@ is freed. Needs root to mount (CI runs as root); skipped elsewhere with that rea
 from __future__ import annotations
 
 import errno
-import io
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes import FakeTask, tiny_png, write_fake_usr
+from fakes import FakeTask, upload, write_fake_usr
 
 from scai.config import CLASSIFICATION, Settings
 from scai.portal import create_app
@@ -44,12 +43,6 @@ def fill(folder: Path) -> Path:
             except OSError as error:
                 assert error.errno == errno.ENOSPC
     return filler
-
-
-def upload(client) -> object:
-    return client.post(
-        "/api/v1/classify?wait=0", data={"image": (io.BytesIO(tiny_png()), "a.png")}, content_type="multipart/form-data"
-    )
 
 
 def test_a_full_disk_refuses_uploads_keeps_the_worker_and_resumes(disk: Path, tmp_path: Path) -> None:

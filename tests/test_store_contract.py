@@ -4,11 +4,10 @@ must be the same whichever store holds the sessions."""
 
 from __future__ import annotations
 
-import io
 import threading
 
 import pytest
-from fakes import POISON, FakeTask, tiny_png, write_fake_usr
+from fakes import POISON, FakeTask, tiny_png, upload, write_fake_usr
 
 from scai.config import CLASSIFICATION, Settings
 from scai.portal import create_app
@@ -35,10 +34,6 @@ def client(settings):
 @pytest.fixture
 def worker(settings):
     return Worker(settings, CLASSIFICATION, task=FakeTask(broken=["other"]))
-
-
-def upload(client, data: bytes, route: str = "/api/v1/classify?wait=0"):
-    return client.post(route, data={"image": (io.BytesIO(data), "a.png")}, content_type="multipart/form-data")
 
 
 def test_an_upload_is_answered_through_the_worker(client, worker) -> None:
