@@ -286,16 +286,11 @@ class SessionStore:
     def queue_depth(self, job: str, stop_at: int | None = None) -> int:
         """How many sessions wait for a worker (counting stops at ``stop_at``: a full pool is not
         listed whole for every upload)."""
-        count = 0
-        try:
-            with os.scandir(self.pool(job)) as entries:
-                for entry in entries:
-                    count += is_session_id(entry.name)
-                    if stop_at is not None and count >= stop_at:
-                        break
-        except FileNotFoundError:
-            return 0
-        return count
+        return _count_markers(self.pool(job), stop_at)
+
+    def pending_claims(self, job: str) -> int:
+        """Sessions claimed by workers and not yet finished (markers in ``claimed/``)."""
+        return _count_markers(self.claimed(job))
 
     def claim(self, job: str, session_id: str) -> Claim | None:
         """Take a pending marker for this process, or ``None`` if another worker has it."""
@@ -342,13 +337,18 @@ class SessionStore:
     def finish(self, claim: Claim, fields: dict[str, Any], known: dict[str, Any] | None = None) -> bool:
         """Write a claimed session's final ``fields`` and drop its marker; False if the session
         vanished meanwhile. A write that fails (a full disk) raises, the claim still held."""
+        completions = (known or {}).get("completions", 0) + 1  # read under this claim: current
         try:
-            self.update(claim.session_id, known, **fields)
+            self.update(claim.session_id, known, **fields, completions=completions)
             written = True
         except SessionNotFound:
             written = False
         self.drop(claim)
         return written
+
+    def completions(self, session_id: str) -> int:
+        """How often a final state was written: 1 for every session, or exactly-once failed."""
+        return int(self.state(session_id).get("completions", 0))
 
     def queue(self, job: str, watch: bool = True) -> FolderQueue:
         """A worker's view of ``job``'s pool (see ``FolderQueue``)."""
@@ -469,6 +469,19 @@ class FolderQueue:
                 self.store.release(claim)
             raise
         return claims
+
+
+def _count_markers(folder: Path, stop_at: int | None = None) -> int:
+    count = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                count += is_session_id(entry.name)
+                if stop_at is not None and count >= stop_at:
+                    break
+    except FileNotFoundError:
+        return 0
+    return count
 
 
 def _blob_name(name: str) -> str:

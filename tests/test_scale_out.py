@@ -3,10 +3,15 @@ its own, meeting only in one real redis-server. 1,000 uploads spread over both p
 answered with wait=, half polled on the other portal, some through the original routes) while 3
 workers holding claims are killed with SIGKILL and replaced: every session completes exactly once
 (counted by the completion fence) with the reference label, a dead worker's claims were handed
-out again, and the stream's pending list is empty at the end."""
+out again, and the stream's pending list is empty at the end.
+
+The same test runs on the folder store where it applies: the processes share one session folder
+(the folder store holds on one file system only), and a worker holding claims is found by its
+locks in ``/proc/locks``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -21,6 +26,7 @@ import requests
 from conftest import IMAGES, ROOT, Server, needs_assets, scai_command, stop, wait_for
 
 from scai.config import CLASSIFICATION, load_models
+from scai.sessions import SessionStore
 from scai.store.redis_streams import GROUP, RedisStore
 from scai.tasks import classify_file
 
@@ -32,24 +38,17 @@ FAST_RECOVERY = {"SCAI_CLAIM_LEASE_SECONDS": "2", "SCAI_RESCAN_SECONDS": "1"}
 
 
 class Workers:
-    """``scai worker classify`` processes on the shared store, each in a folder of its own."""
+    """``scai worker classify`` processes on the shared store, each in a folder of its own (with
+    the folder store, that folder is the shared one)."""
 
-    def __init__(self, root: Path, usr: Path, store: str) -> None:
-        self.root, self.usr, self.store, self.processes = root, usr, store, []
+    def __init__(self, root: Path, usr: Path, store: list[str], shared: Path | None) -> None:
+        self.root, self.usr, self.store, self.shared, self.processes = root, usr, store, shared, []
 
     def start(self) -> subprocess.Popen:
         folder = self.root / f"worker{len(self.processes)}"
         folder.mkdir(parents=True)
-        command = scai_command(
-            "worker",
-            "classify",
-            "--store",
-            self.store,
-            "--session-dir",
-            str(folder / "session"),
-            "--usr",
-            str(self.usr),
-        )
+        session = self.shared or folder / "session"
+        command = scai_command("worker", "classify", *self.store, "--session-dir", str(session), "--usr", str(self.usr))
         log = (folder / "worker.log").open("wb")
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **FAST_RECOVERY}
@@ -61,27 +60,47 @@ class Workers:
         return "".join(p.read_text() for p in self.root.glob("worker*/worker.log"))
 
 
-def holding_claims(client: redis.Redis, pool: str, processes: list[subprocess.Popen]) -> subprocess.Popen | None:
-    """A live worker that holds claimed entries right now (its consumer name ends in its pid)."""
-    held = {c["name"].decode().rsplit(":", 1)[-1] for c in client.xinfo_consumers(pool, GROUP) if c["pending"]}
-    return next((p for p in processes if p.poll() is None and str(p.pid) in held), None)
+def redis_holders(client: redis.Redis, pool: str) -> set[str]:
+    """Pids of the workers holding claimed entries (a consumer's name ends in its pid)."""
+    return {c["name"].decode().rsplit(":", 1)[-1] for c in client.xinfo_consumers(pool, GROUP) if c["pending"]}
 
 
-def test_two_portals_three_workers_kill_9_every_session_once(tmp_path: Path, usr: Path, redis_url: str) -> None:
-    url = redis_url.replace("/0", "/2")
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+def folder_holders(claimed: Path) -> set[str]:
+    """Pids of the workers holding claim markers: the owners of the flocks on those files."""
+    inodes = set()
+    for entry in claimed.glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            inodes.add(str(entry.stat().st_ino))
+    locks = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    return {fields[4] for fields in locks if fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] in inodes}
+
+
+def holding_claims(holders: set[str], processes: list[subprocess.Popen]) -> subprocess.Popen | None:
+    """A live worker that holds claimed work right now."""
+    return next((p for p in processes if p.poll() is None and str(p.pid) in holders), None)
+
+
+@pytest.mark.parametrize("backend", ["redis", "folder"])
+def test_two_portals_three_workers_kill_9_every_session_once(tmp_path: Path, usr: Path, backend: str, request) -> None:
     spec = load_models(usr, CLASSIFICATION)["default"]
     reference = {name: classify_file(spec, IMAGES / name, 1, 50_000_000)[0].label for name in PHOTOS}
     photos = {name: (IMAGES / name).read_bytes() for name in PHOTOS}
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url").replace("/0", "/2")
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        store, shared, args = RedisStore(url, 3600), None, ["--store", url]
+        holders = lambda: redis_holders(client, store._pool(CLASSIFICATION))  # noqa: E731
+    else:
+        shared = tmp_path / "session"
+        store, args = SessionStore(shared), []
+        holders = lambda: folder_holders(store.claimed(CLASSIFICATION))  # noqa: E731
     portals = [
-        Server(tmp_path / f"portal{i}" / "session", usr, tmp_path / f"portal{i}.log", "--store", url, "--portal-only",
+        Server(shared or tmp_path / f"portal{i}" / "session", usr, tmp_path / f"portal{i}.log", *args, "--portal-only",
                env=FAST_RECOVERY, healthy=False)
         for i in range(2)
     ]  # fmt: skip
-    workers = Workers(tmp_path / "workers", usr, url)
-    store = RedisStore(url, 3600)
-    pool = store._pool(CLASSIFICATION)
+    workers = Workers(tmp_path / "workers", usr, args, shared)
     try:
         for _ in range(3):
             workers.start()
@@ -91,7 +110,7 @@ def test_two_portals_three_workers_kill_9_every_session_once(tmp_path: Path, usr
 
         def killer() -> None:
             while len(killed) < 3 and not done.is_set():
-                victim = holding_claims(client, pool, workers.processes)
+                victim = holding_claims(holders(), workers.processes)
                 if victim is not None:
                     victim.send_signal(signal.SIGKILL)
                     killed.append(victim.pid)
@@ -134,7 +153,9 @@ def test_two_portals_three_workers_kill_9_every_session_once(tmp_path: Path, usr
         assert set(completions) == {1}, f"completions per session: {sorted(set(completions))}"
         taken_back = sum(int(n) for n in re.findall(r"took back (\d+) sessions", workers.logs()))
         assert taken_back >= 1, "no claim of a killed worker was handed out again"
-        assert client.xpending(pool, GROUP)["pending"] == 0 and client.xlen(pool) == 0
+        assert store.queue_depth(CLASSIFICATION) == 0 and store.pending_claims(CLASSIFICATION) == 0
+        if backend == "redis":
+            assert client.xlen(store._pool(CLASSIFICATION)) == 0, "completed entries are deleted from the stream"
     finally:
         for process in workers.processes:
             stop(process)

@@ -46,6 +46,7 @@ def test_an_upload_is_answered_through_the_worker(client, worker) -> None:
     assert worker.drain() == 1
     done = client.get(f"/api/v1/sessions/{session_id}", headers={"X-Session-Key": key})
     assert done.status_code == 200 and done.json["predictions"] == [{"label": "#010203", "score": 1.0}]
+    assert worker.store.completions(session_id) == 1 and worker.store.pending_claims(CLASSIFICATION) == 0
     assert client.get(f"/api/v1/sessions/{session_id}/input", headers={"X-Session-Key": key}).data == photo
     legacy = client.get(f"/imageclassification/imgclassres?task={session_id}&key={key}")
     assert legacy.status_code == 200 and legacy.json["result"] == {"#010203": "100.0%"}
