@@ -274,14 +274,12 @@ def test_clean_runs_as_the_cron_line_runs_it(deployment: Deployment) -> None:
     age(store, busy, 2 * 86400)
     store.update(busy, state=PROCESSING)
 
-    line = next(
-        line
-        for line in (deployment.rendered / "cron" / "scai-clean").read_text().splitlines()
-        if line and not line.startswith("#") and "=" not in line.split()[0]
-    )
-    fields = line.split(None, 6)
+    lines = [line for line in (deployment.rendered / "cron" / "scai-clean").read_text().splitlines()
+             if line and not line.startswith("#")]  # fmt: skip
+    environment = dict(line.split("=", 1) for line in lines if "=" in line.split()[0])  # as cron sets them
+    fields = next(line for line in lines if "=" not in line.split()[0]).split(None, 6)
     assert fields[5] == deployment.installation.user
-    run = subprocess.run(["/bin/sh", "-c", fields[6]], env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=60)
+    run = subprocess.run(["/bin/sh", "-c", fields[6]], env=environment, timeout=60)
     assert run.returncode == 0
     assert not store.path(old).exists() and store.path(fresh).exists() and store.path(busy).exists()
     assert f"removed {old}" in (deployment.folder / "log" / "clean.log").read_text()
@@ -318,5 +316,6 @@ def test_the_redis_variant_points_every_unit_at_the_same_store(tmp_path: Path) -
     assert f"env = SCAI_STORE={url}\n" in (tmp_path / "uwsgi" / "scai.ini").read_text()
     for kind in ("classify", "detect"):
         assert f"Environment=SCAI_STORE={url}\n" in (tmp_path / "systemd" / f"scai-{kind}.service").read_text()
+    assert f"SCAI_STORE={url}\n" in (tmp_path / "cron" / "scai-clean").read_text()
     with pytest.raises(RenderError, match="must be a redis:// URL"):
         render(Installation(prefix=ROOT, user="root", port=80, store="memcached://x"), tmp_path)
