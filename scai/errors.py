@@ -34,6 +34,12 @@ class ConfigError(ScaiError, ValueError):
     http_status = 400
 
 
+class Unauthorized(ScaiError):
+    """An upload or model list without a valid API key, where keys are set (see ``apikeys``)."""
+
+    http_status = 401
+
+
 class SessionNotFound(ScaiError):
     """No session with that id exists (or it was cleaned away)."""
 

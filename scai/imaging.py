@@ -38,6 +38,8 @@ class ImageInfo:
     ext: str
     width: int
     height: int
+    #: The EXIF orientation (1: stored upright); the worker's decode applies it.
+    orientation: int = 1
 
 
 #: A progressive JPEG is decoded once per scan: encoders write about 10, and a file of 100,000
@@ -74,7 +76,7 @@ def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
 def inspect(data: bytes, max_pixels: int) -> ImageInfo:
     """Check an upload from its header alone: is it an image, of a known format, not too large?"""
     image = _open(data, max_pixels)
-    return ImageInfo(image.format, FORMATS[image.format], image.width, image.height)
+    return ImageInfo(image.format, FORMATS[image.format], image.width, image.height, orientation(image))
 
 
 #: A drafted JPEG keeps at least this many times the model's input size a side (see above).
@@ -123,9 +125,16 @@ def _reduced(image: Image.Image, fit: tuple[int, int]) -> Image.Image:
 def upright_size(source: bytes | Path, max_pixels: int) -> tuple[int, int]:
     """(width, height) of the image as ``load_rgb`` returns it at full size, from its header."""
     image = _open(source, max_pixels)
-    # Pillow's TIFF reader applies the orientation itself: its size is upright already.
-    transposed = image.format != "TIFF" and image.getexif().get(ORIENTATION_TAG, 1) in TRANSPOSED
-    return (image.height, image.width) if transposed else image.size
+    return (image.height, image.width) if orientation(image) in TRANSPOSED else image.size
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation still to apply to ``image``'s pixels as Pillow reads them (1: none).
+    Pillow's TIFF reader applies a TIFF's orientation itself: its pixels are upright already."""
+    if image.format == "TIFF":
+        return 1
+    value = image.getexif().get(ORIENTATION_TAG, 1)
+    return value if value in range(1, 9) else 1
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

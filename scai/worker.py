@@ -205,7 +205,8 @@ class Worker:
             self._complete(claim, state, fields, elapsed / len(items))
 
     def _complete(self, claim: Claim, state: dict[str, Any], fields: dict[str, Any], millis: float) -> None:
-        if self._record(claim, state, {"state": COMPLETE, "message": "complete", **fields}):
+        final = {"state": COMPLETE, "message": "complete", **fields, "inference_ms": round(millis, 1)}
+        if self._record(claim, state, final):
             log.info("complete %s in %.1f ms", claim.session_id, millis)
 
     def _fail(self, claim: Claim, state: dict[str, Any] | None, message: str) -> None:

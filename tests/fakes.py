@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from scai.config import CLASSIFICATION, ModelSpec
-from scai.tasks import Item
+from object_detection.boxes import Box
+from object_detection.drawing import Labelled
+from scai.config import CLASSIFICATION, DETECTION, ModelSpec
+from scai.tasks import Item, detection_fields
 
 #: An image of this colour makes the fake model raise (one bad session in a batch).
 POISON = (255, 0, 0)
@@ -63,15 +66,62 @@ class FakeTask:
         return results
 
 
+#: The fake detector finds the pixels of this colour ("marker", score 0.9) in the upright image.
+MARKER = (0, 255, 0)
+
+
+class FakeDetector(FakeTask):
+    """Finds the ``MARKER``-coloured rectangle of the upright image (score 0.9) and "frame", the
+    whole image (score 0.3), best first, keeping those at the request's ``min_score`` or above."""
+
+    job = DETECTION
+
+    def run(self, engine: FakeEngine, items: Sequence[Item], lone: bool = False) -> list[dict[str, Any]]:
+        engine.calls.append(len(items))
+        results = []
+        for item in items:
+            width, height = item.image.size
+            found = [Labelled(Box(0, 0, 1, 1), 2, "frame", 0.3)]
+            pixels = np.asarray(item.image).astype(int)
+            ys, xs = np.nonzero((pixels[..., 1] > 200) & (pixels[..., 0] < 60) & (pixels[..., 2] < 60))
+            if len(xs):
+                spans = max(width - 1, 1), max(height - 1, 1)
+                corners = Box(xs.min() / spans[0], ys.min() / spans[1], xs.max() / spans[0], ys.max() / spans[1])
+                found.insert(0, Labelled(corners, 1, "marker", 0.9))
+            chosen = [d for d in found if d.score >= item.options.get("min_score", 0.5)]
+            results.append(detection_fields(chosen, width, height))
+        return results
+
+
+def marked_jpeg(size: tuple[int, int], marker: tuple[int, int, int, int], orientation: int = 1) -> bytes:
+    """A grey JPEG of ``size`` as stored, with a ``MARKER`` rectangle (left, top, right, bottom,
+    inclusive) in its stored pixels and the EXIF ``orientation`` given."""
+    image = Image.new("RGB", size, (90, 90, 90))
+    left, top, right, bottom = marker
+    image.paste(MARKER, (left, top, right + 1, bottom + 1))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=95, exif=exif)
+    return out.getvalue()
+
+
 def upload(client: Any, data: bytes | None = None, route: str = "/api/v1/classify?wait=0") -> Any:
     """POST an image (a tiny PNG unless given) to the portal under Flask's test client."""
     image = data if data is not None else tiny_png()
     return client.post(route, data={"image": (io.BytesIO(image), "a.png")}, content_type="multipart/form-data")
 
 
-def write_fake_usr(folder: Path, *names: str) -> Path:
-    """A usr folder whose classification sections name model files that need not exist."""
+def write_fake_usr(folder: Path, *names: str, detectors: Sequence[str] = ()) -> Path:
+    """A usr folder whose classification sections (and ``detectors``) name model files that need
+    not exist."""
     folder.mkdir(parents=True, exist_ok=True)
     sections = "".join(f"[{name}]\nGRAPH = {name}.tflite\n\n" for name in names or ("default",))
     (folder / f"{CLASSIFICATION}.config").write_text(sections, encoding="utf-8")
+    if detectors:
+        (folder / "labels.txt").write_text("unused\nmarker\nframe\n", encoding="utf-8")
+        detection = "".join(
+            f"[{name}]\nPATH_TO_CKPT = {name}.tflite\nPATH_TO_LABELS = labels.txt\n\n" for name in detectors
+        )
+        (folder / f"{DETECTION}.config").write_text(detection, encoding="utf-8")
     return folder

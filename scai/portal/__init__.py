@@ -7,7 +7,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
 from scai.config import ROOT, Settings
-from scai.errors import QueueFull, ScaiError
+from scai.errors import QueueFull, ScaiError, Unauthorized
 from scai.portal.multipart import UploadFormParser
 
 
@@ -29,11 +29,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # keep top-k results in score order
     app.extensions["scai"] = settings
 
-    from scai.portal import api, legacy, pages
+    from scai.portal import api, deepstack, legacy, pages
 
     app.register_blueprint(legacy.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health)
+    app.register_blueprint(deepstack.bp)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, json_error)
     app.register_error_handler(ScaiError, scai_error)
@@ -72,9 +73,16 @@ def json_error(error: HTTPException) -> tuple[Response, int]:
 def scai_error(error: ScaiError) -> tuple[Response, int]:
     """SCAI's own errors, raised anywhere below a view, with the status their class carries."""
     response, code = error_response(error.http_status, error.message)
+    return with_error_headers(response, error), code
+
+
+def with_error_headers(response: Response, error: ScaiError) -> Response:
+    """The headers an error's class calls for: when to come back, how to authenticate."""
     if isinstance(error, QueueFull):
         response.headers["Retry-After"] = str(error.retry_after)
-    return response, code
+    if isinstance(error, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="scai"'
+    return response
 
 
 def error_response(code: int, message: str, name: str | None = None) -> tuple[Response, int]:

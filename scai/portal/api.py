@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
-from scai import config
+from scai import apikeys, config
 from scai.config import JOB_ALIASES
 from scai.health import report
 from scai.portal.uploads import (
@@ -65,6 +65,7 @@ def session_response(session_id: str, key: str, state: dict, key_in_links: bool 
 
 
 @bp.post("/<kind>")
+@apikeys.required
 def submit(kind: str) -> tuple[Response, int]:
     if kind not in SERVED:
         abort(404, f"no service {kind!r}; use one of: {', '.join(SERVED)}")
@@ -97,6 +98,7 @@ def session_output(session_id: str) -> Response:
 
 
 @bp.get("/models")
+@apikeys.required
 def models() -> Response:
     usr = settings().usr_dir
     return jsonify({kind: sorted(config.load_models(usr, job)) for kind, job in SERVED.items()})

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
 
+from scai import apikeys
 from scai.config import CLASSIFICATION, DETECTION
 from scai.portal.uploads import (
     accept_upload,
@@ -54,7 +55,7 @@ def _result_image(job: str) -> Response:
 
 
 def _register(job: str, upload: str, result: str, input_image: str, result_image: str | None) -> None:
-    bp.add_url_rule(upload, f"{job}_upload", lambda: _upload(job), methods=["POST"])
+    bp.add_url_rule(upload, f"{job}_upload", apikeys.required(lambda: _upload(job)), methods=["POST"])
     bp.add_url_rule(f"{upload}/{result}", f"{job}_result", lambda: _result(job))
     bp.add_url_rule(f"{upload}/{result}/{input_image}", f"{job}_input", lambda: _input_image(job))
     if result_image:

@@ -62,7 +62,7 @@ def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | 
     """
     upload = next((request.files[f] for f in UPLOAD_FIELDS if f in request.files), None)
     if upload is None:
-        abort(400, "no image: send it as the multipart field 'photo'")
+        abort(400, "no image: send it as the multipart field 'photo' (or 'image')")
     data = upload.read()
     info = imaging.inspect(data, settings().max_pixels)
     name = model_name(job, model)
@@ -70,7 +70,7 @@ def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | 
     filename = secure_filename(upload.filename or "") or f"upload.{info.ext}"
     session_id, key = store().create(job, name, data, info.ext, filename, options or {})
     start_job_worker_if_needed(job)
-    return {"sessname": session_id, "sesskey": key, "filename": filename, "model": name}
+    return {"sessname": session_id, "sesskey": key, "filename": filename, "model": name, "info": info}
 
 
 def start_job_worker_if_needed(job: str) -> None:

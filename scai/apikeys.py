@@ -1,0 +1,107 @@
+"""Optional API keys for uploads and model lists.
+
+Keys come from ``SCAI_API_KEYS`` (comma-separated) and from ``usr/api_keys`` (one a line, ``#``
+comments), read again when that file changes, so a key is added or revoked without a restart.
+With neither set the service is open, as before. A client presents its key as
+``Authorization: Bearer KEY``, ``X-API-Key: KEY`` or the DeepStack form field ``api_key``.
+
+Only SHA-256 digests are kept, and a presented key is compared with every one of them with
+``hmac.compare_digest``: how long a check takes says nothing about how much of a key was right,
+nor which key matched. Keys never appear in a log line or an error message. Session keys are
+separate: they still guard each session's reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from flask import current_app, request
+
+from scai.config import file_stamp
+from scai.errors import Unauthorized
+
+#: The file under ``usr/`` that holds keys, one a line.
+KEYS_FILE = "api_keys"
+#: The header a client may send its key in (besides ``Authorization: Bearer``).
+KEY_HEADER = "X-API-Key"
+#: The DeepStack clients' form field.
+FORM_FIELD = "api_key"
+
+_file_cache: dict[Path, tuple[tuple[int, ...], frozenset[bytes]]] = {}
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def parse(text: str) -> frozenset[bytes]:
+    """Digests of the keys in ``text``: words split by commas, spaces or lines; ``#`` starts a comment."""
+    words = (re.split(r"[,\s]+", line.split("#", 1)[0]) for line in text.splitlines())
+    return frozenset(_digest(word) for line in words for word in line if word)
+
+
+def file_keys(usr_dir: Path) -> frozenset[bytes]:
+    """The keys in ``usr/api_keys``, read again only when the file changes."""
+    path = Path(usr_dir) / KEYS_FILE
+    stamp = file_stamp(path)
+    if stamp is None:
+        return frozenset()
+    cached = _file_cache.get(path)
+    if cached is None or cached[0] != stamp:
+        cached = _file_cache[path] = (stamp, parse(path.read_text(encoding="utf-8")))
+    return cached[1]
+
+
+def configured(settings: Any) -> frozenset[bytes]:
+    """Every key this installation accepts (none: the service is open)."""
+    return parse(settings.api_keys) | file_keys(settings.usr_dir)
+
+
+def presented() -> str | None:
+    """The key this request carries: the Bearer header, ``X-API-Key``, or the form field (read
+    last, so that a request with a header key is never parsed for it)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if request.headers.get(KEY_HEADER):
+        return request.headers[KEY_HEADER].strip()
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return request.form.get(FORM_FIELD) or None
+    return None
+
+
+def matches(key: str | None, keys: frozenset[bytes]) -> bool:
+    """True if ``key`` is one of ``keys``, compared with each in constant time."""
+    if key is None:
+        return False
+    digest, found = _digest(key), False
+    for known in keys:
+        found |= hmac.compare_digest(digest, known)
+    return found
+
+
+def check() -> None:
+    """Raise ``Unauthorized`` unless keys are off or the request carries one of them."""
+    keys = configured(current_app.extensions["scai"])
+    if keys and not matches(presented(), keys):
+        raise Unauthorized(
+            "this server needs an API key: send it as 'Authorization: Bearer KEY', "
+            f"'{KEY_HEADER}: KEY' or the form field '{FORM_FIELD}'"
+        )
+
+
+def required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A view that only answers requests with a valid key (when keys are set)."""
+
+    @wraps(view)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        check()
+        return view(*args, **kwargs)
+
+    return guarded

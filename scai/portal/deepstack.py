@@ -1,0 +1,186 @@
+"""The DeepStack / CodeProject.AI vision routes, for the clients that already speak them.
+
+Home Assistant's DeepStack integrations (through ``deepstack-python``), ``deepstack-sdk``,
+``codeproject-ai-api``, Frigate's DeepStack detector and Blue Iris post an image as the multipart
+field ``image`` (named ``image``, no extension, no content type) with the form fields
+``min_confidence`` and ``api_key``, and wait for the answer. Here each such request is a session
+like any other (the same workers, batching, limits and cleanup), waited on synchronously.
+
+Boxes are integer pixels of the image as stored in the file: a photo with an EXIF rotation is
+detected upright (as every SCAI route does), and its boxes are then turned back into the stored
+pixel grid, which is what these clients measure (they open the image without applying EXIF).
+Predictions come best first: Frigate stops reading at the first one below 0.4.
+
+Errors have DeepStack's shape, ``{"success": false, "error": ..., "code": N}``: 400 for what is
+not an image or a ``min_confidence`` outside 0..1, 401 for a missing or wrong API key, 404 for an
+unknown custom model.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, abort, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from object_detection.boxes import Box
+from scai import __version__, apikeys, config
+from scai.config import CLASSIFICATION, DETECTION
+from scai.errors import ScaiError, SessionNotFound
+from scai.portal import with_error_headers
+from scai.portal.uploads import accept_upload, settings, store
+from scai.sessions import COMPLETE, FAILURE
+
+bp = Blueprint("deepstack", __name__, url_prefix="/v1")
+
+#: DeepStack's default for ``min_confidence``.
+DEFAULT_MIN_CONFIDENCE = 0.40
+#: The section ``/v1/vision/detection`` prefers, installed by ``scai models pull coco-ssd``.
+COCO_SECTION = "coco-ssd"
+
+
+def _error(code: int, message: str) -> tuple[Response, int]:
+    return jsonify(success=False, error=message, code=code), code
+
+
+@bp.errorhandler(ScaiError)
+def scai_error(error: ScaiError) -> tuple[Response, int]:
+    response, code = _error(error.http_status, error.message)
+    return with_error_headers(response, error), code
+
+
+@bp.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> tuple[Response, int]:
+    return _error(error.code or 500, error.description or error.name)
+
+
+def _min_confidence() -> float:
+    raw = request.form.get("min_confidence") or request.args.get("min_confidence")
+    if raw is None or not raw.strip():
+        return DEFAULT_MIN_CONFIDENCE
+    try:
+        value = float(raw)
+    except ValueError:
+        abort(400, f"min_confidence must be a number between 0 and 1, not {raw!r}")
+    if not 0 <= value <= 1:
+        abort(400, f"min_confidence must be between 0 and 1, not {raw}")
+    return value
+
+
+def detection_model() -> str:
+    """``SCAI_DEEPSTACK_MODEL``, else the COCO detector where it is installed, else the default."""
+    if settings().deepstack_model:
+        return settings().deepstack_model
+    return COCO_SECTION if COCO_SECTION in config.load_models(settings().usr_dir, DETECTION) else config.DEFAULT_MODEL
+
+
+def _run(job: str, model: str, options: dict[str, Any]) -> tuple[dict[str, Any], Any, float]:
+    """Store the upload as a session, wait for its worker; the final state, the upload's header
+    information and the milliseconds it took."""
+    started = time.monotonic()
+    created = accept_upload(job, model, options)
+    try:
+        state = store().wait(created["sessname"], settings().max_wait_seconds)
+    except SessionNotFound:
+        abort(404, "the session was cleaned away before it was answered")
+    if state.get("state") == FAILURE:
+        abort(400, str(state.get("message") or "the image could not be processed"))
+    if state.get("state") != COMPLETE:
+        abort(503, f"no answer within {settings().max_wait_seconds:g} s: the workers are busy or down")
+    return state, created["info"], (time.monotonic() - started) * 1000
+
+
+def _timings(state: dict[str, Any], job: str, process_ms: float) -> dict[str, Any]:
+    return {
+        "inferenceMs": round(state.get("inference_ms") or 0),
+        "processMs": round(process_ms),
+        "analysisRoundTripMs": round(process_ms),
+        "moduleId": f"scai-{job}",
+        "code": 200,
+    }
+
+
+def predictions(state: dict[str, Any], orientation: int) -> list[dict[str, Any]]:
+    """The session's detections as DeepStack predictions, best first, in the stored pixel grid."""
+    size = state.get("image_size") or {}
+    width, height = int(size.get("width", 1)), int(size.get("height", 1))
+    stored = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    out = []
+    for item in sorted(state.get("detections") or [], key=lambda d: -d["score"]):
+        p = item["box"]
+        span_x, span_y = max(width - 1, 1), max(height - 1, 1)
+        box = Box(p["xmin"] / span_x, p["ymin"] / span_y, p["xmax"] / span_x, p["ymax"] / span_y)
+        pixels = box.unrotated(orientation).pixels(*stored)
+        out.append(
+            {
+                "label": item["label"],
+                "confidence": item["score"],
+                "x_min": pixels["xmin"],
+                "y_min": pixels["ymin"],
+                "x_max": pixels["xmax"],
+                "y_max": pixels["ymax"],
+            }
+        )
+    return out
+
+
+def _detect(model: str) -> tuple[Response, int]:
+    state, info, process_ms = _run(DETECTION, model, {"min_score": _min_confidence()})
+    found = predictions(state, info.orientation)
+    labels = ", ".join(dict.fromkeys(p["label"] for p in found))
+    return jsonify(
+        success=True,
+        message=f"Found {labels}" if found else "No objects found",
+        predictions=found,
+        count=len(found),
+        command="detect",
+        **_timings(state, "detect", process_ms),
+    ), 200
+
+
+@bp.post("/vision/detection")
+@apikeys.required
+def detection() -> tuple[Response, int]:
+    return _detect(detection_model())
+
+
+@bp.post("/vision/custom/list")
+@apikeys.required
+def custom_list() -> Response:
+    return jsonify(success=True, models=sorted(config.load_models(settings().usr_dir, DETECTION)))
+
+
+@bp.post("/vision/custom/<model>")
+@apikeys.required
+def custom(model: str) -> tuple[Response, int]:
+    if model not in config.load_models(settings().usr_dir, DETECTION):
+        return _error(404, f"no custom model {model!r}; POST /v1/vision/custom/list names them")
+    return _detect(model)
+
+
+@bp.post("/vision/scene")
+@apikeys.required
+def scene() -> tuple[Response, int]:
+    state, _, process_ms = _run(CLASSIFICATION, config.DEFAULT_MODEL, {})
+    best = (state.get("predictions") or [{"label": "unknown", "score": 0.0}])[0]
+    return jsonify(
+        success=True,
+        label=best["label"],
+        confidence=best["score"],
+        message=f"Found {best['label']}",
+        command="scene",
+        **_timings(state, "classify", process_ms),
+    ), 200
+
+
+@bp.get("/status/updateavailable")
+def update_available() -> Response:
+    """CodeProject.AI's update check, which its dashboards call: SCAI updates come through git."""
+    return jsonify(
+        success=True,
+        updateAvailable=False,
+        current=__version__,
+        latest=__version__,
+        message="SCAI is updated through its repository, not by this server",
+    )
