@@ -173,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--portal-processes", default="auto", metavar="auto|N", help="uwsgi processes (default auto: one per core)"
     )
 
+    models = commands.add_parser("models", help="install ready-made models (scai models list)")
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listed = actions.add_parser("list", help="the catalogue, and what is installed")
+    listed.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR; default ./usr)")
+    pull = actions.add_parser("pull", help="download a model, check its SHA-256, add its section")
+    pull.add_argument("name", help="a name from `scai models list`, e.g. coco-ssd")
+    pull.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR; default ./usr)")
+    pull.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL|DIR",
+        help="a mirror URL or a folder with the files (default: their source)",
+    )
+
     clean = commands.add_parser("clean", help="remove sessions older than a limit")
     add_clean_arguments(clean)
     return parser
@@ -244,6 +258,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_evaluate(args)
     if args.command == "quantize":
         return run_quantize(args)
+    if args.command == "models":
+        return run_models(args)
     return run_clean(args)
 
 
@@ -308,6 +324,19 @@ def run_quantize(args: argparse.Namespace) -> int:
         f"held-out accuracy: {result['float_accuracy']:.1%} float -> {result[args.mode + '_accuracy']:.1%} {args.mode}"
     )
     print(f"now serving {result['head']}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from scai import catalogue
+
+    usr = _settings(args).usr_dir
+    if args.action == "list":
+        print("\n".join(catalogue.listing(usr)))
+        return 0
+    folder = catalogue.pull(usr, args.name, args.source)
+    job = catalogue.entry(args.name).job
+    print(f"installed {args.name} in {folder}; served as model={args.name} ([{args.name}] in {usr / job}.config)")
     return 0
 
 

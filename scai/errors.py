@@ -81,6 +81,10 @@ class QueueFull(ScaiError):
         self.retry_after = retry_after
 
 
+class DownloadError(ScaiError):
+    """A model file that could not be fetched, or is not the pinned file; nothing was installed."""
+
+
 class DatasetError(ConfigError):
     """A training or evaluation folder that cannot be used."""
 

@@ -1,0 +1,216 @@
+"""Models a user can install with one command: ``scai models list``, ``scai models pull NAME``.
+
+Each entry names its files at a pinned commit of their public source, with their size and
+SHA-256, and the model section that serves them. ``pull`` is the only code in SCAI that reaches
+the network, and only when a user runs it. ``--from`` takes a mirror (a URL the files' names are
+appended to) or a folder on disk holding them.
+
+A pull never leaves a half-installed model: every file is downloaded to a temporary name in the
+model's folder and checked against its size and digest; only when all of them are good are they
+renamed into place, and the section written (atomically) after them. A failure removes what it
+downloaded and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from scai import config
+from scai.errors import ConfigError, DownloadError
+
+#: Folder under ``usr/`` that pulled models go to, one subfolder each.
+MODELS_FOLDER = "models"
+CHUNK = 256 * 1024
+TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class File:
+    """One file of a model: its name as installed (and under ``--from``), where it comes from."""
+
+    name: str
+    url: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    job: str
+    summary: str
+    files: tuple[File, ...]
+    #: The model section; ``{folder}`` becomes the folder the files are installed in.
+    section: dict[str, str] = field(default_factory=dict)
+
+
+_TFLITE_SUPPORT = (
+    "https://github.com/tensorflow/tflite-support/raw/dd3362ea685bb7ab1f7268c81ec567d3b720ae57/tensorflow_lite_support/"
+)
+
+CATALOGUE = {
+    entry.name: entry
+    for entry in (
+        Entry(
+            name="coco-ssd",
+            job=config.DETECTION,
+            summary="SSD MobileNet v1, COCO (90 classes: people, animals, vehicles...), int8 TFLite, 4 MB",
+            files=(
+                File(
+                    "ssd_mobilenet_v1_coco_quant.tflite",
+                    _TFLITE_SUPPORT + "cc/test/testdata/task/vision/coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite",
+                    4185023,
+                    "61d598093ed03ed41aa47c3a39a28ac01e960d6a810a5419b9a5016a1e9c469b",
+                ),
+                File(
+                    "coco_labels.txt",
+                    _TFLITE_SUPPORT + "metadata/python/tests/testdata/object_detector/labelmap.txt",
+                    661,
+                    "f8803ef7900160c629d570848dfda4175e21667bf7b71f73f8ece4938c9f2bf2",
+                ),
+            ),
+            section={
+                "PATH_TO_CKPT": "{folder}/ssd_mobilenet_v1_coco_quant.tflite",
+                "PATH_TO_LABELS": "{folder}/coco_labels.txt",
+                "min_score_thresh": "0.5",
+                "max_boxes_to_draw": "20",
+            },
+        ),
+    )
+}
+
+
+def entry(name: str) -> Entry:
+    if name not in CATALOGUE:
+        raise ConfigError(f"no model {name!r} in the catalogue; `scai models list` shows them: {', '.join(CATALOGUE)}")
+    return CATALOGUE[name]
+
+
+def installed(usr_dir: Path, item: Entry) -> bool:
+    """Whether ``item``'s section is configured."""
+    return item.name in config.load_models(usr_dir, item.job)
+
+
+def listing(usr_dir: Path) -> list[str]:
+    """One line per catalogue entry: name, job kind, installed or not, what it is."""
+    lines = []
+    for item in CATALOGUE.values():
+        status = "installed" if installed(usr_dir, item) else "-"
+        kind = next(alias for alias, job in config.JOB_ALIASES.items() if job == item.job)
+        lines.append(f"{item.name:<10} {kind:<8} {status:<10} {item.summary}")
+    return lines
+
+
+def pull(usr_dir: Path, name: str, source: str | None = None, progress: IO[str] | None = None) -> Path:
+    """Install catalogue entry ``name`` under ``usr/models/NAME`` and add its section to the job
+    kind's config; returns the model's folder. ``source``: a mirror URL or a folder."""
+    item = entry(name)
+    folder = Path(usr_dir) / MODELS_FOLDER / item.name
+    folder.mkdir(parents=True, exist_ok=True)
+    downloaded: list[tuple[Path, Path]] = []  # (temporary, final)
+    try:
+        for file in item.files:
+            target = folder / file.name
+            if target.is_file() and _digest_of(target) == file.sha256:
+                continue  # installed before, and unchanged
+            downloaded.append((folder / f".{file.name}.partial", target))
+            _fetch(file, _location(file, source), downloaded[-1][0], progress or sys.stderr)
+        for partial, target in downloaded:
+            os.replace(partial, target)
+    finally:
+        for partial, _ in downloaded:
+            with suppress(FileNotFoundError):
+                partial.unlink()
+        for empty in (folder, folder.parent):  # made for this pull and left empty by its failure
+            with suppress(OSError):
+                empty.rmdir()
+    keys = {key: value.format(folder=f"{MODELS_FOLDER}/{item.name}") for key, value in item.section.items()}
+    config.write_section(Path(usr_dir) / f"{item.job}.config", item.name, keys)
+    return folder
+
+
+def _location(file: File, source: str | None) -> str:
+    """Where to read ``file`` from: its pinned URL, a mirror URL with its name, or a local path."""
+    if not source:
+        return file.url
+    if urllib.parse.urlsplit(source).scheme in ("http", "https", "file"):
+        return source.rstrip("/") + "/" + file.name
+    path = Path(source)
+    return str((path if path.is_dir() else path.parent) / file.name)
+
+
+def _fetch(file: File, location: str, partial: Path, progress: IO[str]) -> None:
+    """Copy ``location`` to ``partial``, hashing as it goes; raise ``DownloadError`` unless the
+    size and digest are the pinned ones."""
+    digest, done = hashlib.sha256(), 0
+    report = _progress_bar(file.name, file.size, progress)
+    try:
+        with _open(location) as reader, partial.open("wb") as writer:
+            while chunk := reader.read(CHUNK):
+                done += len(chunk)
+                if done > file.size:
+                    raise DownloadError(f"{file.name} from {location} is larger than the {file.size} bytes expected")
+                digest.update(chunk)
+                writer.write(chunk)
+                report(done)
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        reason = getattr(error, "reason", error)
+        raise DownloadError(
+            f"cannot download {location}: {reason} (no network? `--from` takes a mirror URL or a folder "
+            "holding the files)"
+        ) from None
+    except FileNotFoundError:
+        raise DownloadError(f"{location} does not exist") from None
+    finally:
+        report(done, final=True)
+    if digest.hexdigest() != file.sha256 or done != file.size:
+        raise DownloadError(
+            f"{file.name} from {location} is not the pinned file: sha256 {digest.hexdigest()} and "
+            f"{done} bytes, expected {file.sha256} and {file.size} bytes (nothing was installed)"
+        )
+
+
+def _open(location: str) -> IO[bytes]:
+    if urllib.parse.urlsplit(location).scheme in ("http", "https", "file"):
+        request = urllib.request.Request(location, headers={"User-Agent": "scai-models-pull"})
+        return urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
+    return open(location, "rb")
+
+
+def _digest_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as reader:
+        while chunk := reader.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _progress_bar(name: str, total: int, out: IO[str]) -> Callable[..., None]:
+    """A one-line bar, redrawn in place on a terminal; elsewhere (a log) one line at the end."""
+    tty = out.isatty()
+    width = max(10, min(40, shutil.get_terminal_size().columns - len(name) - 30))
+
+    def report(done: int, final: bool = False) -> None:
+        if not (tty or final):
+            return
+        filled = width * done // max(total, 1)
+        line = f"{name} [{'#' * filled}{'.' * (width - filled)}] {_size(done)} of {_size(total)}"
+        out.write(("\r" if tty else "") + line + ("\n" if final else ""))
+        out.flush()
+
+    return report
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} KB"
