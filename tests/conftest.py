@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -75,6 +76,22 @@ max_boxes_to_draw = 20
 line_thickness = 3
 """,
 }
+
+
+def reference_detections() -> dict[str, list[tuple[str, float, list[float]]]]:
+    """image -> [(label, score, [ymin, xmin, ymax, xmax])] from the assets' README: the plain
+    TFLite interpreter's COCO SSD detections at score >= 0.5."""
+    readme = ASSETS / "README.md"
+    if not readme.is_file():
+        return {"(assets missing)": []}
+    section = readme.read_text(encoding="utf-8").split("### ssd_mobilenet_v1_coco_quant.tflite", 1)[1]
+    table = {}
+    for image, cell in re.findall(r"^\| (\S+\.(?:jpg|png|bmp)) \| (.+?) \|$", section, flags=re.M):
+        found = re.findall(r"([a-z ]+?) (\d\.\d\d) \[([^\]]+)\]", cell)
+        table[image] = [
+            (label.strip(), float(score), [float(v) for v in box.split(",")]) for label, score, box in found
+        ]
+    return table
 
 
 def write_usr(folder: Path, jobs: tuple[str, ...] = ("image_classification",)) -> Path:

@@ -11,7 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import ASSETS, DETECT_MODELS, IMAGES, ROOT, Server, needs_assets, scai_command, write_usr
+from conftest import (
+    ASSETS,
+    DETECT_MODELS,
+    IMAGES,
+    ROOT,
+    Server,
+    needs_assets,
+    reference_detections,
+    scai_command,
+    write_usr,
+)
 from PIL import Image
 
 from object_detection import label_map
@@ -20,21 +30,6 @@ from scai.config import ConfigError, ModelSpec
 from scai.engines import load_detector
 
 pytestmark = [needs_assets, pytest.mark.slow]
-
-
-def reference_detections() -> dict[str, list[tuple[str, float, list[float]]]]:
-    """image -> [(label, score, [ymin, xmin, ymax, xmax])] from the assets' README."""
-    readme = ASSETS / "README.md"
-    if not readme.is_file():
-        return {"(assets missing)": []}
-    section = readme.read_text(encoding="utf-8").split("### ssd_mobilenet_v1_coco_quant.tflite", 1)[1]
-    table = {}
-    for image, cell in re.findall(r"^\| (\S+\.(?:jpg|png|bmp)) \| (.+?) \|$", section, flags=re.M):
-        found = re.findall(r"([a-z ]+?) (\d\.\d\d) \[([^\]]+)\]", cell)
-        table[image] = [
-            (label.strip(), float(score), [float(v) for v in box.split(",")]) for label, score, box in found
-        ]
-    return table
 
 
 @pytest.fixture(scope="module")

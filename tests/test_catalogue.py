@@ -1,0 +1,75 @@
+"""``scai models list`` / ``pull`` in process: a checksum mismatch, no network and a missing file
+each leave nothing behind, and a good pull writes its files and its section. (The real COCO SSD
+pulled over HTTP and served to the DeepStack clients: test_deepstack.py.)"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from scai import catalogue
+from scai.catalogue import Entry, File
+from scai.cli import main
+from scai.config import DETECTION, load_models
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path) -> tuple[Entry, Path]:
+    """A catalogue entry of two small files, and a folder that holds them as a mirror would."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    contents = {"tiny.tflite": b"\x00model bytes" * 1000, "tiny_labels.txt": b"person\ncat\n"}
+    files = []
+    for name, data in contents.items():
+        (mirror / name).write_bytes(data)
+        files.append(File(name, f"http://127.0.0.1:{free_port()}/{name}", len(data), hashlib.sha256(data).hexdigest()))
+    entry = Entry("tiny", DETECTION, "a test entry", tuple(files), {"PATH_TO_CKPT": "{folder}/tiny.tflite"})
+    monkeypatch.setitem(catalogue.CATALOGUE, "tiny", entry)
+    return entry, mirror
+
+
+def test_a_pull_from_a_folder_or_a_file_url_installs_files_and_section(tiny, tmp_path, capsys) -> None:
+    entry, mirror = tiny
+    usr = tmp_path / "usr"
+    assert main(["models", "pull", "tiny", "--from", str(mirror), "--usr", str(usr)]) == 0
+    assert "installed tiny" in capsys.readouterr().out
+    assert load_models(usr, DETECTION)["tiny"].path == usr / "models" / "tiny" / "tiny.tflite"
+    for file in entry.files:
+        assert (usr / "models" / "tiny" / file.name).read_bytes() == (mirror / file.name).read_bytes()
+    assert main(["models", "list", "--usr", str(usr)]) == 0
+    assert any(line.startswith("tiny") and "installed" in line for line in capsys.readouterr().out.splitlines())
+    (usr / "models" / "tiny" / "tiny_labels.txt").unlink()
+    progress = io.StringIO()
+    catalogue.pull(usr, "tiny", mirror.as_uri(), progress)  # file:// URL; only the missing file is fetched
+    assert "tiny_labels.txt" in progress.getvalue() and "tiny.tflite" not in progress.getvalue()
+
+
+def test_a_checksum_mismatch_installs_nothing(tiny, tmp_path, capsys) -> None:
+    _, mirror = tiny
+    (mirror / "tiny_labels.txt").write_bytes(b"person\ndog\n")  # same size, other bytes
+    usr = tmp_path / "usr"
+    assert main(["models", "pull", "tiny", "--from", str(mirror), "--usr", str(usr)]) == 1
+    assert "is not the pinned file" in capsys.readouterr().err
+    assert not (usr / "models").exists() and load_models(usr, DETECTION) == {}
+
+
+@pytest.mark.parametrize("source", ["network", "missing"])
+def test_no_network_or_no_file_is_one_line_and_nothing_left(tiny, tmp_path, capsys, source: str) -> None:
+    _, mirror = tiny
+    if source == "missing":
+        (mirror / "tiny_labels.txt").unlink()
+    args = ["--from", str(mirror)] if source == "missing" else []  # the pinned URLs: nothing listens there
+    usr = tmp_path / "usr"
+    assert main(["models", "pull", "tiny", *args, "--usr", str(usr)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("scai: ") and ("cannot download" in error or "does not exist" in error), error
+    assert not (usr / "models").exists() and load_models(usr, DETECTION) == {}
+
+
+def test_an_unknown_name_says_what_there_is(tmp_path, capsys) -> None:
+    assert main(["models", "pull", "yolo", "--usr", str(tmp_path)]) == 2
+    assert "coco-ssd" in capsys.readouterr().err
