@@ -104,4 +104,5 @@ def required(view: Callable[..., Any]) -> Callable[..., Any]:
         check()
         return view(*args, **kwargs)
 
+    guarded.api_key_required = True  # type: ignore[attr-defined]  (the OpenAPI test reads it)
     return guarded

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from scai import __version__, config
+from scai import __version__, config, metrics
 from scai.errors import ScaiError
 
 
@@ -269,6 +269,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
     workers = args.workers or (None if os.environ.get("SCAI_WORKERS") else "1")  # one process unless asked
     settings = _settings(args, rescan_seconds=args.checktimeperoid, workers=workers)
+    metrics.enable(settings)
     job = config.JOB_ALIASES[args.kind]
     processes = settings.worker_processes(job)
     if args.runningmode == "runtime" and processes > 1:

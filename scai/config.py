@@ -137,6 +137,9 @@ class Settings:
     deepstack_model: str = setting(
         "", "SCAI_DEEPSTACK_MODEL", "detection section of /v1/vision/detection (default: coco-ssd if installed)"
     )
+    metrics_dir: str = setting(
+        "", "SCAI_METRICS_DIR", "folder the processes share metrics in (default: .metrics in the session folder)"
+    )
     keep_seconds: float = setting(86400.0, "SCAI_KEEP_SECONDS", "scai clean removes sessions older than this")
 
     def __post_init__(self) -> None:
@@ -178,6 +181,10 @@ class Settings:
                 value = getattr(self, item.name)
                 out[item.metadata["env"]] = str(int(value)) if isinstance(value, bool) else str(value)
         return out
+
+    @property
+    def metrics_folder(self) -> Path:
+        return Path(self.metrics_dir) if self.metrics_dir else self.session_dir / ".metrics"
 
     @property
     def max_upload_bytes(self) -> int:

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from scai import config
+from scai import config, metrics
 from scai.config import PORTAL_THREADS, ROOT, Settings
 from scai.launcher import worker_group
 from scai.supervisor import Child, Supervisor
@@ -52,6 +52,8 @@ def serve(settings: Settings, host: str, port: int, portal_only: bool = False) -
     """Run until Ctrl-C or SIGTERM, then stop the portal and the workers and wait for them.
     ``portal_only``: no workers here (they run on other machines, sharing a Redis store)."""
     settings.session_dir.mkdir(parents=True, exist_ok=True)
+    metrics.reset(settings.metrics_folder)  # this run's processes only
+    metrics.enable(settings)
     children = [Child("portal (uwsgi)", uwsgi_command(settings, host, port), portal_env(settings), essential=True)]
     if settings.running_mode == "runtime" and not portal_only:
         for job in configured_jobs(settings):

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from scai import metrics
 from scai.errors import EXIT_CONFIG
 
 log = logging.getLogger("scai.supervisor")
@@ -47,6 +48,8 @@ class Child:
     given_up: bool = False
     #: Without it the others are of no use (the portal): giving up on it stops everything.
     essential: bool = False
+    #: The job kind a worker serves (``classify``), counted in ``scai_worker_restarts_total``.
+    kind: str = ""
     last_status: int = 0
 
 
@@ -129,6 +132,8 @@ class Supervisor:
         else:
             delay = min(MAX_DELAY, 2.0 ** (len(child.failures) - 1))
             child.restart_at = now + delay
+            if child.kind:
+                metrics.worker_restarted(child.kind)
             log.warning("%s (pid %d) %s; restarting it in %.0f s", child.name, pid, describe(status), delay)
 
     def alive(self) -> list[Child]:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from scai import config, imaging
+from scai import config, imaging, metrics
 from scai.config import ConfigError, Settings
 from scai.errors import StoreUnavailable
 from scai.sessions import (
@@ -87,7 +87,11 @@ class Worker:
         cached = self.engines.get(name)
         if cached is None or cached[0] != spec:
             started = time.perf_counter()
-            self.engines[name] = (spec, self.task.load(spec))
+            try:
+                self.engines[name] = (spec, self.task.load(spec))
+            except Exception:
+                metrics.model_load_failed(self.job, name)
+                raise
             log.info("loaded model %r from %s in %.2f s", name, spec.path, time.perf_counter() - started)
         return self.engines[name][1]
 
@@ -208,10 +212,12 @@ class Worker:
         final = {"state": COMPLETE, "message": "complete", **fields, "inference_ms": round(millis, 1)}
         if self._record(claim, state, final):
             log.info("complete %s in %.1f ms", claim.session_id, millis)
+            metrics.session_done(self.job, state.get("model") or config.DEFAULT_MODEL, COMPLETE, millis)
 
     def _fail(self, claim: Claim, state: dict[str, Any] | None, message: str) -> None:
         if self._record(claim, state or {}, {"state": FAILURE, "message": message}):
             log.info("failure %s: %s", claim.session_id, message)
+            metrics.session_done(self.job, (state or {}).get("model") or config.DEFAULT_MODEL, FAILURE)
 
     def _record(self, claim: Claim, known: dict[str, Any], fields: dict[str, Any]) -> bool:
         """Write a final state and drop the claim; True if written. A session that vanished

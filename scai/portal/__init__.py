@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Flask, Request, Response, current_app, jsonify
+import time
+
+from flask import Flask, Request, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
+from scai import metrics
 from scai.config import ROOT, Settings
 from scai.errors import QueueFull, ScaiError, Unauthorized
 from scai.portal.multipart import UploadFormParser
@@ -29,17 +32,32 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # keep top-k results in score order
     app.extensions["scai"] = settings
 
-    from scai.portal import api, deepstack, legacy, pages
+    from scai.portal import api, deepstack, legacy, openapi, pages
 
     app.register_blueprint(legacy.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health)
     app.register_blueprint(deepstack.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, json_error)
     app.register_error_handler(ScaiError, scai_error)
     app.after_request(security_headers)
+    app.before_request(start_timer)
+    app.after_request(count_request)
     return app
+
+
+def start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+def count_request(response: Response) -> Response:
+    """Every answer in ``scai_http_requests_total`` and the latency histogram, by route template
+    (``/api/v1/sessions/<session_id>``, not each session: a bounded set of series)."""
+    route = request.url_rule.rule if request.url_rule is not None else "(no route)"
+    metrics.request_done(route, request.method, response.status_code, time.perf_counter() - g.get("started", 0.0))
+    return response
 
 
 #: The pages load everything from this server; previews of a chosen photo are blob: URLs.

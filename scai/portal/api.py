@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
-from scai import apikeys, config
+from scai import apikeys, config, metrics
 from scai.config import JOB_ALIASES
-from scai.health import report
+from scai.health import STALE_SECONDS, report
 from scai.portal.uploads import (
     KEY_HEADER,
     accept_upload,
@@ -105,6 +105,13 @@ def models() -> Response:
 
 
 health = Blueprint("health", __name__)
+
+
+@health.get("/metrics")
+def metrics_view() -> Response:
+    """Prometheus' text format: every process's values, and the store's queue gauges."""
+    body, content_type = metrics.render(metrics.StoreCollector(settings(), store(), STALE_SECONDS))
+    return Response(body, content_type=content_type)
 
 
 @health.get("/healthz")

@@ -1,0 +1,136 @@
+"""Prometheus metrics, correct across the portal's processes and the workers.
+
+SCAI is several processes (uwsgi's, each worker, the supervisor), so values live in
+prometheus_client's multiprocess mode: every process writes its own memory-mapped files in one
+folder (``SCAI_METRICS_DIR``, default ``.metrics`` in the session folder; ``scai serve`` empties it
+at start), and ``/metrics`` merges them into a fresh registry on each scrape. The mode is fixed when
+prometheus_client is first imported, so each process calls ``enable(settings)`` before any metric
+is touched, and the metrics are created on first use. Without a folder (a process of its own, the
+in-process tests) the values are this process's.
+
+Counters of processes that ended stay in their files and keep counting (a worker killed and
+restarted does not take its sessions with it). Queue depth, oldest wait and live workers are
+read from the session store at scrape time: they are the store's facts, not a process's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from scai.config import JOB_ALIASES, JOBS, Settings, load_models
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Request latencies, and inference times (a TFLite model takes milliseconds, a TF1 detector on a
+#: large photo seconds).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+ALIAS = {job: alias for alias, job in JOB_ALIASES.items()}
+
+
+def enable(settings: Settings) -> None:
+    """Record into the folder this installation's processes share (``Settings.metrics_folder``).
+    Called by each process's entry point (``scai serve``, ``scai worker``, ``run.py``) before
+    anything records; a process that never calls it keeps its values to itself."""
+    if ENV not in os.environ:
+        settings.metrics_folder.mkdir(parents=True, exist_ok=True)
+        os.environ[ENV] = str(settings.metrics_folder)
+
+
+def reset(folder: Path) -> None:
+    """Empty the folder before a new set of processes starts (values of the last run would add up)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+_created: list[SimpleNamespace] = []
+_creating = threading.Lock()
+
+
+def _metrics() -> SimpleNamespace:
+    """The metrics, made on first use (after ``enable``) by exactly one of the threads asking."""
+    if not _created:
+        with _creating:
+            if not _created:
+                _created.append(_make())
+    return _created[0]
+
+
+def _make() -> SimpleNamespace:
+    from prometheus_client import Counter, Histogram
+
+    return SimpleNamespace(
+        requests=Counter("scai_http_requests", "HTTP requests answered", ["route", "method", "status"]),
+        latency=Histogram(
+            "scai_http_request_duration_seconds", "HTTP request time", ["route"], buckets=LATENCY_BUCKETS
+        ),
+        sessions=Counter("scai_sessions", "Sessions finished by the workers", ["job", "model", "state"]),
+        inference=Histogram(
+            "scai_inference_seconds", "Model time per image", ["job", "model"], buckets=INFERENCE_BUCKETS
+        ),
+        restarts=Counter("scai_worker_restarts", "Worker processes restarted by a supervisor", ["job"]),
+        load_failures=Counter("scai_model_load_failures", "Models that could not be loaded", ["job", "model"]),
+    )
+
+
+def request_done(route: str, method: str, status: int, seconds: float) -> None:
+    metrics = _metrics()
+    metrics.requests.labels(route, method, str(status)).inc()
+    metrics.latency.labels(route).observe(seconds)
+
+
+def session_done(job: str, model: str, state: str, inference_ms: float | None = None) -> None:
+    metrics = _metrics()
+    metrics.sessions.labels(ALIAS.get(job, job), model, state).inc()
+    if inference_ms is not None:
+        metrics.inference.labels(ALIAS.get(job, job), model).observe(inference_ms / 1000)
+
+
+def worker_restarted(kind: str) -> None:
+    _metrics().restarts.labels(kind).inc()
+
+
+def model_load_failed(job: str, model: str) -> None:
+    _metrics().load_failures.labels(ALIAS.get(job, job), model).inc()
+
+
+class StoreCollector:
+    """Queue depth, oldest wait and live workers per job kind, read from the store at scrape time."""
+
+    def __init__(self, settings: Settings, store: Any, stale_seconds: float) -> None:
+        self.settings, self.store, self.stale_seconds = settings, store, stale_seconds
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        depth = GaugeMetricFamily("scai_queue_depth", "Sessions waiting for a worker", labels=["job"])
+        oldest = GaugeMetricFamily(
+            "scai_queue_oldest_wait_seconds", "Age of the oldest waiting session", labels=["job"]
+        )
+        workers = GaugeMetricFamily("scai_workers_live", "Workers with a fresh heartbeat", labels=["job"])
+        for job in JOBS:
+            if load_models(self.settings.usr_dir, job):
+                depth.add_metric([ALIAS[job]], self.store.queue_depth(job))
+                oldest.add_metric([ALIAS[job]], self.store.oldest_wait(job))
+                workers.add_metric([ALIAS[job]], self.store.live_workers(job, self.stale_seconds))
+        yield from (depth, oldest, workers)
+
+
+def render(collector: StoreCollector) -> tuple[bytes, str]:
+    """The exposition text of every process's values plus the store's gauges, and its type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    _metrics()  # every family appears from the first scrape, even before its first value
+    store_registry = CollectorRegistry()
+    store_registry.register(collector)
+    if ENV in os.environ:
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged) + generate_latest(store_registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY) + generate_latest(store_registry), CONTENT_TYPE_LATEST

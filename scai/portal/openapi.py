@@ -1,0 +1,379 @@
+"""``GET /openapi.json``: the OpenAPI 3.1 description of every route the portal serves.
+
+Written out by hand, next to the routes, and kept true by tests/test_openapi.py: the document must
+validate, name every route Flask serves with its methods, and mark exactly the views that need an
+API key (``apikeys.required``) as secured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from scai import __version__
+
+bp = Blueprint("openapi", __name__)
+
+
+def _json(schema: str | dict[str, Any]) -> dict[str, Any]:
+    body = {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
+    return {"content": {"application/json": {"schema": body}}}
+
+
+def _answer(description: str, schema: str | dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, **_json(schema)}
+
+
+def _error(description: str, schema: str = "Error") -> dict[str, Any]:
+    return _answer(description, schema)
+
+
+def _image(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"image/*": {"schema": {"type": "string"}}}}
+
+
+def _upload(field: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    properties = {field: {"type": "string", "contentMediaType": "application/octet-stream"}, **(extra or {})}
+    schema = {"type": "object", "required": [field], "properties": properties}
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
+
+def _param(name: str, where: str, description: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "description": description, "required": required, "schema": schema}
+
+
+KEYED = [{"bearer": []}, {"apiKeyHeader": []}]
+SESSION_KEYED = [{"sessionKeyHeader": []}, {"sessionKeyQuery": []}]
+NUMBER_0_1 = {"type": "number", "minimum": 0, "maximum": 1}
+WAIT = _param("wait", "query", "seconds to wait for the result (at most 60)", {"type": "number", "minimum": 0})
+MODEL = _param("model", "query", "a model section of the job kind (default: default)", {"type": "string"})
+MIN_SCORE = _param("min_score", "query", "detection: report boxes scoring at least this", NUMBER_0_1)
+TASK = _param("task", "query", "the session name (sessname)", {"type": "string"}, required=True)
+KEY = _param("key", "query", "the session key (sesskey); or the X-Session-Key header", {"type": "string"})
+SESSION_ID = _param("session_id", "path", "the session name (sessname)", {"type": "string"}, required=True)
+UNAUTHORIZED = {"401": _error("an API key is needed (keys are set) and none or a wrong one came")}
+DEEPSTACK_ERRORS = {
+    "400": _error("not an image, or min_confidence outside 0..1", "DeepStackError"),
+    "401": _error("a wrong or missing API key, where keys are set", "DeepStackError"),
+    "503": _error("the queue is full or no worker answered in time", "DeepStackError"),
+}
+DEEPSTACK_FORM = {
+    "min_confidence": {**NUMBER_0_1, "default": 0.4},
+    "api_key": {"type": "string", "description": "the API key, where keys are set"},
+}
+
+
+def _legacy(job: str, upload: str, result: str, input_image: str, output_image: str | None) -> dict[str, Any]:
+    tag = ["original routes"]
+    paths = {
+        upload: {
+            "post": {
+                "tags": tag,
+                "summary": f"Upload a photo for {job} (answers at once; poll the result)",
+                "parameters": [MODEL] + ([MIN_SCORE] if output_image else []),
+                "requestBody": _upload("photo"),
+                "security": KEYED,
+                "responses": {"200": _answer("the session was created", "LegacyCreated"), **UNAUTHORIZED},
+            }
+        },
+        f"{upload}/{result}": {
+            "get": {
+                "tags": tag,
+                "summary": "A session's state and result",
+                "parameters": [TASK, KEY],
+                "responses": {"200": _answer("the session", "Session"), "403": _error("wrong key"), "404": _error("")},
+            }
+        },
+        f"{upload}/{result}/{input_image}": {
+            "get": {
+                "tags": tag,
+                "summary": "The uploaded photo",
+                "parameters": [TASK, KEY],
+                "responses": {"200": _image("the upload as sent"), "404": _error("no such session")},
+            }  # fmt: skip
+        },
+    }
+    if output_image:
+        paths[f"{upload}/{result}/{output_image}"] = {
+            "get": {
+                "tags": tag,
+                "summary": "The photo with its boxes drawn",
+                "parameters": [TASK, KEY],
+                "responses": {"200": _image("a PNG"), "404": _error("not complete, or no such session")},
+            }  # fmt: skip
+        }
+    return paths
+
+
+def _deepstack_detect(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "post": {
+            "tags": ["DeepStack / CodeProject.AI"],
+            "summary": summary,
+            "parameters": parameters,
+            "requestBody": _upload("image", DEEPSTACK_FORM),
+            "security": KEYED,
+            "responses": {"200": _answer("the objects found, best first", "DeepStackDetection"), **DEEPSTACK_ERRORS},
+        }
+    }
+
+
+def paths() -> dict[str, Any]:
+    api = ["/api/v1"]
+    return {
+        "/api/v1/{kind}": {
+            "post": {
+                "tags": api,
+                "summary": "Classify a photo or detect objects in it",
+                "parameters": [
+                    _param("kind", "path", "the job kind", {"enum": ["classify", "detect"]}, required=True),
+                    MODEL,
+                    WAIT,
+                    MIN_SCORE,
+                ],
+                "requestBody": _upload("photo"),
+                "security": KEYED,
+                "responses": {
+                    "200": _answer("complete", "Session"),
+                    "202": _answer("still queued or processing: follow links.self", "Session"),
+                    "400": _error("not an image, an unknown model or a bad parameter"),
+                    **UNAUTHORIZED,
+                    "413": _error("larger than the upload or pixel limit"),
+                    "422": _answer("the model failed on this image", "Session"),
+                    "503": _error("the queue is full (see Retry-After) or the store does not answer"),
+                    "507": _error("the server's disk is full"),
+                },
+            }
+        },
+        "/api/v1/models": {
+            "get": {
+                "tags": api,
+                "summary": "The configured models of each job kind",
+                "security": KEYED,
+                "responses": {"200": _answer("model names by job kind", "Models"), **UNAUTHORIZED},
+            }
+        },
+        "/api/v1/sessions/{session_id}": {
+            "get": {
+                "tags": api,
+                "summary": "A session's state; waits for a change with wait=",
+                "parameters": [
+                    SESSION_ID,
+                    WAIT,
+                    _param("changed_from", "query", "answer as soon as the state is not this", {"type": "string"}),
+                ],
+                "security": SESSION_KEYED,
+                "responses": {
+                    "200": _answer("complete", "Session"),
+                    "202": _answer("still queued or processing", "Session"),
+                    "403": _error("a wrong or missing session key"),
+                    "404": _error("no such session (or it was cleaned away)"),
+                    "422": _answer("the model failed on this image", "Session"),
+                },
+            }
+        },
+        "/api/v1/sessions/{session_id}/input": {
+            "get": {
+                "tags": api,
+                "summary": "The uploaded photo",
+                "parameters": [SESSION_ID],
+                "security": SESSION_KEYED,
+                "responses": {
+                    "200": _image("the upload as sent"),
+                    "403": _error("wrong key"),
+                    "404": _error("no such session"),
+                },
+            }  # fmt: skip
+        },
+        "/api/v1/sessions/{session_id}/output": {
+            "get": {
+                "tags": api,
+                "summary": "A detection's annotated PNG",
+                "parameters": [SESSION_ID],
+                "security": SESSION_KEYED,
+                "responses": {
+                    "200": _image("a PNG"),
+                    "403": _error("wrong key"),
+                    "404": _error("not complete, or no such session"),
+                },
+            }  # fmt: skip
+        },
+        **_legacy("classification", "/imageclassification", "imgclassres", "iciptimg", None),
+        **_legacy("object detection", "/objectdetection", "odres", "odiptimg", "odresimg"),
+        "/v1/vision/detection": _deepstack_detect("Detect objects (the COCO detector where installed)", []),
+        "/v1/vision/custom/{model}": _deepstack_detect(
+            "Detect objects with a named detection model",
+            [_param("model", "path", "a detection section", {"type": "string"}, required=True)],
+        ),
+        "/v1/vision/custom/list": {
+            "post": {
+                "tags": ["DeepStack / CodeProject.AI"],
+                "summary": "The detection models /v1/vision/custom/{model} takes",
+                "security": KEYED,
+                "responses": {"200": _answer("model names", "DeepStackModels"), **DEEPSTACK_ERRORS},
+            }
+        },
+        "/v1/vision/scene": {
+            "post": {
+                "tags": ["DeepStack / CodeProject.AI"],
+                "summary": "The best label of the default classification model",
+                "requestBody": _upload("image", DEEPSTACK_FORM),
+                "security": KEYED,
+                "responses": {"200": _answer("the label", "DeepStackScene"), **DEEPSTACK_ERRORS},
+            }
+        },
+        "/v1/status/updateavailable": {
+            "get": {
+                "tags": ["DeepStack / CodeProject.AI"],
+                "summary": "CodeProject.AI's update check: SCAI updates through its repository",
+                "responses": {"200": _answer("never an update here", "UpdateAvailable")},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "tags": ["operations"],
+                "summary": "Whether uploads of every configured job kind will be answered",
+                "responses": {"200": _answer("healthy", "Health"), "503": _answer("why not", "Health")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "tags": ["operations"],
+                "summary": "Prometheus metrics (text exposition format)",
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "tags": ["operations"],
+                "summary": "This document",
+                "responses": {"200": _answer("OpenAPI 3.1", {"type": "object"})},
+            }  # fmt: skip
+        },
+        "/": {"get": {"tags": ["pages"], "summary": "The demo page", "responses": {"200": {"description": "HTML"}}}},
+        "/docs": {"get": {"tags": ["pages"], "summary": "API examples", "responses": {"200": {"description": "HTML"}}}},
+        "/static/{filename}": {
+            "get": {
+                "tags": ["pages"],
+                "summary": "The pages' scripts, styles and icon",
+                "parameters": [_param("filename", "path", "a file of static/", {"type": "string"}, required=True)],
+                "responses": {"200": {"description": "the file"}, "404": {"description": "no such file"}},
+            }
+        },
+    }
+
+
+def _object(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+STRING, NUMBER, INTEGER, BOOLEAN = ({"type": t} for t in ("string", "number", "integer", "boolean"))
+PIXEL_BOX = _object(["xmin", "ymin", "xmax", "ymax"], xmin=INTEGER, ymin=INTEGER, xmax=INTEGER, ymax=INTEGER)
+
+SCHEMAS = {
+    "Error": _object(["error", "message", "status"], error=STRING, message=STRING, status=INTEGER),
+    "DeepStackError": _object(["success", "error"], success={"const": False}, error=STRING, code=INTEGER),
+    "LegacyCreated": _object(
+        ["status", "sessname", "sesskey"],
+        status=STRING,
+        filename=STRING,
+        datetime=STRING,
+        sessname=STRING,
+        sesskey=STRING,
+    ),  # fmt: skip
+    "Session": _object(
+        ["sessname", "state"],
+        sessname=STRING,
+        sesskey=STRING,
+        state={"enum": ["initialization", "processing", "complete", "failure"]},
+        job=STRING,
+        model=STRING,
+        message=STRING,
+        result={"type": ["object", "null"], "additionalProperties": STRING},
+        result_image={"type": ["string", "null"]},
+        predictions={"type": "array", "items": _object(["label", "score"], label=STRING, score=NUMBER)},
+        detections={
+            "type": "array",
+            "items": _object(
+                ["label", "score", "box"],
+                label=STRING,
+                class_id=INTEGER,
+                score=NUMBER,
+                box=PIXEL_BOX,
+                box_normalized={"type": "object"},
+            ),  # fmt: skip
+        },
+        image_size=_object(["width", "height"], width=INTEGER, height=INTEGER),
+        created=STRING,
+        updated=STRING,
+        links={"type": "object", "additionalProperties": STRING},
+    ),
+    "Models": {"type": "object", "additionalProperties": {"type": "array", "items": STRING}},
+    "DeepStackDetection": _object(
+        ["success", "predictions"],
+        success={"const": True},
+        predictions={
+            "type": "array",
+            "items": _object(
+                ["label", "confidence", "x_min", "y_min", "x_max", "y_max"],
+                label=STRING,
+                confidence=NUMBER,
+                x_min=INTEGER,
+                y_min=INTEGER,
+                x_max=INTEGER,
+                y_max=INTEGER,
+            ),  # fmt: skip
+        },
+        count=INTEGER,
+        message=STRING,
+        inferenceMs=INTEGER,
+        processMs=INTEGER,
+        moduleId=STRING,
+        code=INTEGER,
+    ),
+    "DeepStackScene": _object(
+        ["success", "label", "confidence"], success={"const": True}, label=STRING, confidence=NUMBER
+    ),  # fmt: skip
+    "DeepStackModels": _object(
+        ["success", "models"], success={"const": True}, models={"type": "array", "items": STRING}
+    ),
+    "UpdateAvailable": _object(
+        ["success", "updateAvailable"], success=BOOLEAN, updateAvailable=BOOLEAN, current=STRING, latest=STRING
+    ),  # fmt: skip
+    "Health": _object(["status", "jobs"], status=STRING, jobs={"type": "object"}, free_disk_mb=INTEGER),
+}
+
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key (SCAI_API_KEYS, usr/api_keys)"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "the same key"},
+    "sessionKeyHeader": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Session-Key",
+        "description": "a session's sesskey",
+    },
+    "sessionKeyQuery": {"type": "apiKey", "in": "query", "name": "key", "description": "a session's sesskey"},
+}
+
+
+def document(server: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "SCAI",
+            "version": __version__,
+            "description": "Self-hosted image classification and object detection. API keys are needed only "
+            "where the server sets them (the form field api_key also works on the DeepStack routes).",
+        },
+        "servers": [{"url": server}],
+        "paths": paths(),
+        "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
+    }
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(document(request.script_root or "/"))

@@ -1,0 +1,115 @@
+"""``/metrics``: Prometheus' text format, parsed with prometheus_client's own parser. In process
+(the portal and a burst worker share this process's values), and under a real ``scai serve``,
+where uwsgi's processes and the workers each write their own files and a scrape merges them."""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import IMAGES, Server, needs_assets, wait_for, write_usr
+from fakes import POISON, tiny_png, upload
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(scraped: dict, name: str, **labels: str) -> float:
+    return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_sessions_requests_and_the_queue_are_counted(client, worker) -> None:
+    before = samples(client.get("/metrics").text)
+    for _ in range(3):
+        upload(client)
+    upload(client, tiny_png(POISON))
+    waiting = samples(client.get("/metrics").text)
+    assert value(waiting, "scai_queue_depth", job="classify") == 4
+    assert value(waiting, "scai_queue_oldest_wait_seconds", job="classify") >= 0
+    worker.drain()
+    after = samples(client.get("/metrics").text)
+    assert value(after, "scai_queue_depth", job="classify") == 0
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("scai_sessions_total", job="classify", model="default", state="complete") == 3
+    assert grew("scai_sessions_total", job="classify", model="default", state="failure") == 1
+    assert grew("scai_inference_seconds_count", job="classify", model="default") == 3
+    route = {"route": "/api/v1/<kind>", "method": "POST"}
+    assert grew("scai_http_requests_total", **route, status="202") == 4
+    assert grew("scai_http_request_duration_seconds_count", route="/api/v1/<kind>") == 4
+    assert client.get("/metrics").headers["Content-Type"].startswith("text/plain")
+
+
+def test_a_model_that_cannot_load_is_counted(client, settings) -> None:
+    from fakes import FakeTask
+
+    from scai.config import CLASSIFICATION
+    from scai.worker import Worker
+
+    broken = Worker(settings, CLASSIFICATION, task=FakeTask(broken=["other"]))
+    before = samples(client.get("/metrics").text)
+    upload(client, route="/api/v1/classify?wait=0&model=other")
+    broken.drain()
+    after = samples(client.get("/metrics").text)
+    labels = {"job": "classify", "model": "other"}
+    assert (
+        value(after, "scai_model_load_failures_total", **labels)
+        - value(before, "scai_model_load_failures_total", **labels)
+        == 1
+    )
+
+
+@needs_assets
+@pytest.mark.slow
+def test_a_real_service_merges_every_process(tmp_path: Path) -> None:
+    usr = write_usr(tmp_path / "usr")
+    server = Server(tmp_path / "session", usr, tmp_path / "serve.log", "--workers", "2")
+    try:
+        photo = (IMAGES / "parrot.jpg").read_bytes()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: server.classify(photo, wait=60).status_code, range(24)))
+        assert answers == [200] * 24
+        scraped = samples(requests.get(f"{server.url}/metrics", timeout=10).text)
+        labels = {"job": "classify", "model": "default"}
+        assert value(scraped, "scai_sessions_total", **labels, state="complete") == 24  # both workers' files
+        assert value(scraped, "scai_inference_seconds_count", **labels) == 24
+        route = {"route": "/api/v1/<kind>", "method": "POST", "status": "200"}
+        assert value(scraped, "scai_http_requests_total", **route) == 24  # every uwsgi process's
+        assert value(scraped, "scai_workers_live", job="classify") == 2
+        assert value(scraped, "scai_queue_depth", job="classify") == 0
+
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _is_worker_of(int(p), server)]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(
+            lambda: value(samples(requests.get(f"{server.url}/metrics", timeout=10).text),
+                          "scai_worker_restarts_total", job="classify") == 1,
+            30, "the restart to be counted",
+        )  # fmt: skip
+        assert server.classify(photo, wait=60).status_code == 200
+        scraped = samples(requests.get(f"{server.url}/metrics", timeout=10).text)
+        assert value(scraped, "scai_sessions_total", **labels, state="complete") == 25, "the dead worker's count stays"
+    finally:
+        server.stop()
+
+
+def _is_worker_of(pid: int, server: Server) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return False
+    return parent == server.process.pid and b"worker" in command
