@@ -35,6 +35,7 @@ FILES: list[tuple[str, str, dict[str, str]]] = [
     ("systemd/scai.service", "systemd/scai.service", {}),
     *[("systemd/scai-worker.service", f"systemd/scai-{kind}.service", {"KIND": kind}) for kind in JOB_ALIASES],
     ("cron/scai-clean", "cron/scai-clean", {}),
+    ("prometheus/scai.yml", "prometheus/scai.yml", {}),
 ]
 SYSTEM_RUN_DIR = Path("/run/scai")
 
@@ -73,6 +74,7 @@ class Installation:
             "USER": self.user,
             "GROUP": group,
             "LISTEN": f"{self.host}:{self.port}" if self.host else str(self.port),
+            "PORT": str(self.port),
             "SESSION_DIR": str((self.session_dir or prefix / "session").resolve()),
             "USR_DIR": str((self.usr_dir or prefix / "usr").resolve()),
             "RUN_DIR": str(self.run_dir),

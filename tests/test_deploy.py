@@ -208,6 +208,26 @@ def test_cors_headers_on_the_api(deployment: Deployment) -> None:
     assert models.json()["detect"] == ["coco", "default"]
 
 
+def test_deepstack_clients_metrics_and_openapi_through_nginx(deployment: Deployment) -> None:
+    import yaml
+    from deepstack.core import DeepstackObject
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = int(deployment.url.rsplit(":", 1)[1])
+    client = DeepstackObject(ip="127.0.0.1", port=port, timeout=60, min_confidence=0.5, custom_model="coco")
+    assert [p["label"] for p in client.detect((IMAGES / "pets.jpg").read_bytes())] == ["dog", "dog"]
+    scraped = requests.get(f"{deployment.url}/metrics", timeout=10)
+    assert scraped.status_code == 200
+    families = {family.name: family for family in text_string_to_metric_families(scraped.text)}
+    completed = [s for s in families["scai_sessions"].samples if s.labels.get("model") == "coco"]
+    assert completed and completed[0].value >= 1, "the worker units' counts reach the portal's scrape"
+    scrape = yaml.safe_load((deployment.rendered / "prometheus" / "scai.yml").read_text())
+    target = scrape[0]["static_configs"][0]["targets"][0]
+    assert requests.get(f"http://{target}{scrape[0]['metrics_path']}", timeout=10).status_code == 200
+    mounted = requests.get(f"{deployment.subpath_url}/openapi.json", timeout=10).json()
+    assert mounted["servers"] == [{"url": "/scai"}] and "/v1/vision/detection" in mounted["paths"]
+
+
 def test_static_files_come_from_nginx(deployment: Deployment) -> None:
     response = requests.get(f"{deployment.url}/static/scai.css")
     assert response.status_code == 200 and response.headers["Content-Type"] == "text/css"
