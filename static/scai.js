@@ -13,6 +13,23 @@ const drop = $("drop"), preview = $("preview"), submit = $("submit");
 const statusLine = $("status"), errorBox = $("error"), result = $("result");
 const STATE_WORDS = { initialization: "Queued, waiting for a worker…", processing: "Processing…" };
 
+// Where the server sets API keys, uploads and the model list need one: asked for once, kept in
+// this browser's storage, sent as a header.
+const API_KEY_HEADER = "X-API-Key";
+const API_KEY_STORAGE = "scai-api-key";
+const keyForm = $("key-form"), keyInput = $("api-key");
+
+function apiHeaders() {
+  const key = localStorage.getItem(API_KEY_STORAGE);
+  return key ? { [API_KEY_HEADER]: key } : {};
+}
+
+function askForKey(message) {
+  keyForm.hidden = false;
+  keyInput.focus();
+  showError(message);
+}
+
 let kind = "classify";
 let models = {};
 let chosen = null; // the File to upload
@@ -90,6 +107,7 @@ function upload(file) {
     if (kind === "detect") params.min_score = $("min-score").value;
     const request = new XMLHttpRequest();
     request.open("POST", url(api.submit(kind, params)));
+    for (const [name, value] of Object.entries(apiHeaders())) request.setRequestHeader(name, value);
     request.responseType = "json";
     request.upload.onprogress = (event) => {
       if (event.lengthComputable) setStatus(`Uploading… ${Math.round((100 * event.loaded) / event.total)}%`);
@@ -195,6 +213,11 @@ async function recognise(event) {
   const started = performance.now();
   try {
     const { status, body } = await upload(chosen);
+    if (status === 401) {
+      askForKey("This server needs an API key: enter it above, then try again.");
+      setStatus("");
+      return;
+    }
     if (status >= 400 && status !== 422) throw new Error(body && body.message ? body.message : `HTTP ${status}`);
     const state = await follow(body);
     if (state.state === "failure") throw new Error(`The photo could not be processed: ${state.message}`);
@@ -236,7 +259,26 @@ document.addEventListener("paste", (event) => {
 modelSelect.addEventListener("change", () => { submit.disabled = !chosen || !modelSelect.value; });
 form.addEventListener("submit", recognise);
 
-fetch(url(api.models))
-  .then((response) => response.json())
-  .then((body) => { models = body; fillModels(); })
-  .catch(() => showError("The list of models could not be loaded."));
+function loadModels() {
+  return fetch(url(api.models), { headers: apiHeaders() })
+    .then(async (response) => {
+      if (response.status === 401) {
+        const stored = localStorage.getItem(API_KEY_STORAGE);
+        askForKey(stored ? "That API key was not accepted." : "This server needs an API key.");
+        return;
+      }
+      models = await response.json();
+      keyForm.hidden = true;
+      showError("");
+      fillModels();
+    })
+    .catch(() => showError("The list of models could not be loaded."));
+}
+
+keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  localStorage.setItem(API_KEY_STORAGE, keyInput.value.trim());
+  keyInput.value = "";
+  loadModels();
+});
+loadModels();

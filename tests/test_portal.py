@@ -147,6 +147,26 @@ def test_tabs_and_upload_work_from_the_keyboard(page, portal: Server) -> None:
     assert page.get_by_role("button", name="Recognise").is_enabled()
 
 
+def test_with_api_keys_the_page_asks_for_one_and_works(page, portal: Server) -> None:
+    keys = portal.session_dir.parent / "usr" / "api_keys"
+    keys.write_text("portal-key\n", encoding="utf-8")
+    try:
+        page.goto(portal.url + "/")
+        page.wait_for_selector("#key-form:not([hidden])", timeout=30_000)
+        assert "needs an API key" in page.locator("#error").inner_text()
+        page.get_by_label("API key").fill("portal-key")
+        page.get_by_role("button", name="Use key").click()
+        page.wait_for_selector("#key-form[hidden]", state="attached", timeout=30_000)
+        page.get_by_label("Model").select_option("mobilenet_v2")
+        recognise(page, IMAGES / "grace_hopper.jpg")
+        assert page.locator("#status").inner_text().startswith("Done")
+        assert page.locator(".bars .name").first.inner_text() == "military uniform"
+        assert page.evaluate("localStorage.getItem('scai-api-key')") == "portal-key"
+    finally:
+        keys.unlink()
+        page.evaluate("localStorage.removeItem('scai-api-key')")
+
+
 def test_pages_reference_no_outside_resources(portal: Server) -> None:
     for path in ("/", "/docs"):
         text = requests.get(portal.url + path).text
