@@ -29,7 +29,7 @@ from scai import __version__, apikeys, config
 from scai.config import CLASSIFICATION, DETECTION
 from scai.errors import ScaiError, SessionNotFound
 from scai.portal import with_error_headers
-from scai.portal.uploads import accept_upload, settings, store
+from scai.portal.uploads import accept_upload, fraction, settings, store
 from scai.sessions import COMPLETE, FAILURE
 
 bp = Blueprint("deepstack", __name__, url_prefix="/v1")
@@ -59,13 +59,7 @@ def _min_confidence() -> float:
     raw = request.form.get("min_confidence") or request.args.get("min_confidence")
     if raw is None or not raw.strip():
         return DEFAULT_MIN_CONFIDENCE
-    try:
-        value = float(raw)
-    except ValueError:
-        abort(400, f"min_confidence must be a number between 0 and 1, not {raw!r}")
-    if not 0 <= value <= 1:
-        abort(400, f"min_confidence must be between 0 and 1, not {raw}")
-    return value
+    return fraction("min_confidence", raw)
 
 
 def detection_model() -> str:

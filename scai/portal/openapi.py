@@ -43,6 +43,7 @@ def _param(name: str, where: str, description: str, schema: dict[str, Any], requ
     return {"name": name, "in": where, "description": description, "required": required, "schema": schema}
 
 
+STRING, NUMBER, INTEGER, BOOLEAN, OBJECT = ({"type": t} for t in ("string", "number", "integer", "boolean", "object"))
 KEYED = [{"bearer": []}, {"apiKeyHeader": []}]
 SESSION_KEYED = [{"sessionKeyHeader": []}, {"sessionKeyQuery": []}]
 NUMBER_0_1 = {"type": "number", "minimum": 0, "maximum": 1}
@@ -64,77 +65,68 @@ DEEPSTACK_FORM = {
 }
 
 
+def _op(tag: str, summary: str, responses: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """One operation: ``fields`` are ``parameters``, ``requestBody`` and ``security`` where it has them."""
+    return {"tags": [tag], "summary": summary, **fields, "responses": responses}
+
+
 def _legacy(job: str, upload: str, result: str, input_image: str, output_image: str | None) -> dict[str, Any]:
-    tag = ["original routes"]
+    tag, read = "original routes", [TASK, KEY]
+    gone = _error("no such session (or not complete, for the annotated image)")
     paths = {
         upload: {
-            "post": {
-                "tags": tag,
-                "summary": f"Upload a photo for {job} (answers at once; poll the result)",
-                "parameters": [MODEL] + ([MIN_SCORE] if output_image else []),
-                "requestBody": _upload("photo"),
-                "security": KEYED,
-                "responses": {"200": _answer("the session was created", "LegacyCreated"), **UNAUTHORIZED},
-            }
+            "post": _op(
+                tag,
+                f"Upload a photo for {job} (answers at once; poll the result)",
+                {"200": _answer("the session was created", "LegacyCreated"), **UNAUTHORIZED},
+                parameters=[MODEL] + ([MIN_SCORE] if output_image else []),
+                requestBody=_upload("photo"),
+                security=KEYED,
+            )
         },
         f"{upload}/{result}": {
-            "get": {
-                "tags": tag,
-                "summary": "A session's state and result",
-                "parameters": [TASK, KEY],
-                "responses": {"200": _answer("the session", "Session"), "403": _error("wrong key"), "404": _error("")},
-            }
+            "get": _op(
+                tag,
+                "A session's state and result",
+                {"200": _answer("the session", "Session"), "403": _error("wrong key"), "404": gone},
+                parameters=read,
+            )
         },
         f"{upload}/{result}/{input_image}": {
-            "get": {
-                "tags": tag,
-                "summary": "The uploaded photo",
-                "parameters": [TASK, KEY],
-                "responses": {"200": _image("the upload as sent"), "404": _error("no such session")},
-            }  # fmt: skip
+            "get": _op(tag, "The uploaded photo", {"200": _image("the upload as sent"), "404": gone}, parameters=read)
         },
     }
     if output_image:
         paths[f"{upload}/{result}/{output_image}"] = {
-            "get": {
-                "tags": tag,
-                "summary": "The photo with its boxes drawn",
-                "parameters": [TASK, KEY],
-                "responses": {"200": _image("a PNG"), "404": _error("not complete, or no such session")},
-            }  # fmt: skip
+            "get": _op(tag, "The photo with its boxes drawn", {"200": _image("a PNG"), "404": gone}, parameters=read)
         }
     return paths
 
 
-def _deepstack_detect(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "post": {
-            "tags": ["DeepStack / CodeProject.AI"],
-            "summary": summary,
-            "parameters": parameters,
-            "requestBody": _upload("image", DEEPSTACK_FORM),
-            "security": KEYED,
-            "responses": {"200": _answer("the objects found, best first", "DeepStackDetection"), **DEEPSTACK_ERRORS},
-        }
-    }
+def _deepstack(summary: str, answer: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    responses = {"200": answer, **DEEPSTACK_ERRORS}
+    return {"post": _op("DeepStack / CodeProject.AI", summary, responses, security=KEYED, **fields)}
+
+
+def _session_read(summary: str, responses: dict[str, Any], parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    errors = {"403": _error("a wrong or missing session key"), "404": _error("no such session (or cleaned away)")}
+    return {"get": _op("/api/v1", summary, {**responses, **errors}, parameters=parameters, security=SESSION_KEYED)}
+
+
+def _page(tag: str, summary: str, description: str, content: str = "text/html") -> dict[str, Any]:
+    body = {"description": description, "content": {content: {"schema": {"type": "string"}}}}
+    return {"get": _op(tag, summary, {"200": body})}
 
 
 def paths() -> dict[str, Any]:
-    api = ["/api/v1"]
+    detections = _answer("the objects found, best first", "DeepStackDetection")
+    deepstack_upload = _upload("image", DEEPSTACK_FORM)
     return {
         "/api/v1/{kind}": {
-            "post": {
-                "tags": api,
-                "summary": "Classify a photo or detect objects in it",
-                "parameters": [
-                    _param("kind", "path", "the job kind", {"enum": ["classify", "detect"]}, required=True),
-                    MODEL,
-                    WAIT,
-                    MIN_SCORE,
-                ],
-                "requestBody": _upload("photo"),
-                "security": KEYED,
-                "responses": {
+            "post": _op(
+                "/api/v1",
+                "Classify a photo or detect objects in it",
+                {
                     "200": _answer("complete", "Session"),
                     "202": _answer("still queued or processing: follow links.self", "Session"),
                     "400": _error("not an image, an unknown model or a bad parameter"),
@@ -144,124 +136,83 @@ def paths() -> dict[str, Any]:
                     "503": _error("the queue is full (see Retry-After) or the store does not answer"),
                     "507": _error("the server's disk is full"),
                 },
-            }
+                parameters=[
+                    _param("kind", "path", "the job kind", {"enum": ["classify", "detect"]}, required=True),
+                    MODEL,
+                    WAIT,
+                    MIN_SCORE,
+                ],
+                requestBody=_upload("photo"),
+                security=KEYED,
+            )
         },
         "/api/v1/models": {
-            "get": {
-                "tags": api,
-                "summary": "The configured models of each job kind",
-                "security": KEYED,
-                "responses": {"200": _answer("model names by job kind", "Models"), **UNAUTHORIZED},
-            }
+            "get": _op(
+                "/api/v1",
+                "The configured models of each job kind",
+                {"200": _answer("model names by job kind", "Models"), **UNAUTHORIZED},
+                security=KEYED,
+            )
         },
-        "/api/v1/sessions/{session_id}": {
-            "get": {
-                "tags": api,
-                "summary": "A session's state; waits for a change with wait=",
-                "parameters": [
-                    SESSION_ID,
-                    WAIT,
-                    _param("changed_from", "query", "answer as soon as the state is not this", {"type": "string"}),
-                ],
-                "security": SESSION_KEYED,
-                "responses": {
-                    "200": _answer("complete", "Session"),
-                    "202": _answer("still queued or processing", "Session"),
-                    "403": _error("a wrong or missing session key"),
-                    "404": _error("no such session (or it was cleaned away)"),
-                    "422": _answer("the model failed on this image", "Session"),
-                },
-            }
-        },
-        "/api/v1/sessions/{session_id}/input": {
-            "get": {
-                "tags": api,
-                "summary": "The uploaded photo",
-                "parameters": [SESSION_ID],
-                "security": SESSION_KEYED,
-                "responses": {
-                    "200": _image("the upload as sent"),
-                    "403": _error("wrong key"),
-                    "404": _error("no such session"),
-                },
-            }  # fmt: skip
-        },
-        "/api/v1/sessions/{session_id}/output": {
-            "get": {
-                "tags": api,
-                "summary": "A detection's annotated PNG",
-                "parameters": [SESSION_ID],
-                "security": SESSION_KEYED,
-                "responses": {
-                    "200": _image("a PNG"),
-                    "403": _error("wrong key"),
-                    "404": _error("not complete, or no such session"),
-                },
-            }  # fmt: skip
-        },
+        "/api/v1/sessions/{session_id}": _session_read(
+            "A session's state; waits for a change with wait=",
+            {
+                "200": _answer("complete", "Session"),
+                "202": _answer("still queued or processing", "Session"),
+                "422": _answer("the model failed on this image", "Session"),
+            },
+            [SESSION_ID, WAIT, _param("changed_from", "query", "answer once the state is not this", STRING)],
+        ),
+        "/api/v1/sessions/{session_id}/input": _session_read(
+            "The uploaded photo", {"200": _image("the upload as sent")}, [SESSION_ID]
+        ),
+        "/api/v1/sessions/{session_id}/output": _session_read(
+            "A detection's annotated PNG (404 until complete)", {"200": _image("a PNG")}, [SESSION_ID]
+        ),
         **_legacy("classification", "/imageclassification", "imgclassres", "iciptimg", None),
         **_legacy("object detection", "/objectdetection", "odres", "odiptimg", "odresimg"),
-        "/v1/vision/detection": _deepstack_detect("Detect objects (the COCO detector where installed)", []),
-        "/v1/vision/custom/{model}": _deepstack_detect(
-            "Detect objects with a named detection model",
-            [_param("model", "path", "a detection section", {"type": "string"}, required=True)],
+        "/v1/vision/detection": _deepstack(
+            "Detect objects (the COCO detector where installed)", detections, requestBody=deepstack_upload
         ),
-        "/v1/vision/custom/list": {
-            "post": {
-                "tags": ["DeepStack / CodeProject.AI"],
-                "summary": "The detection models /v1/vision/custom/{model} takes",
-                "security": KEYED,
-                "responses": {"200": _answer("model names", "DeepStackModels"), **DEEPSTACK_ERRORS},
-            }
-        },
-        "/v1/vision/scene": {
-            "post": {
-                "tags": ["DeepStack / CodeProject.AI"],
-                "summary": "The best label of the default classification model",
-                "requestBody": _upload("image", DEEPSTACK_FORM),
-                "security": KEYED,
-                "responses": {"200": _answer("the label", "DeepStackScene"), **DEEPSTACK_ERRORS},
-            }
-        },
+        "/v1/vision/custom/{model}": _deepstack(
+            "Detect objects with a named detection model",
+            detections,
+            parameters=[_param("model", "path", "a detection section", {"type": "string"}, required=True)],
+            requestBody=deepstack_upload,
+        ),
+        "/v1/vision/custom/list": _deepstack(
+            "The detection models /v1/vision/custom/{model} takes", _answer("model names", "DeepStackModels")
+        ),
+        "/v1/vision/scene": _deepstack(
+            "The best label of the default classification model",
+            _answer("the label", "DeepStackScene"),
+            requestBody=deepstack_upload,
+        ),
         "/v1/status/updateavailable": {
-            "get": {
-                "tags": ["DeepStack / CodeProject.AI"],
-                "summary": "CodeProject.AI's update check: SCAI updates through its repository",
-                "responses": {"200": _answer("never an update here", "UpdateAvailable")},
-            }
+            "get": _op(
+                "DeepStack / CodeProject.AI",
+                "CodeProject.AI's update check: SCAI updates through its repository",
+                {"200": _answer("never an update here", "UpdateAvailable")},
+            )
         },
         "/healthz": {
-            "get": {
-                "tags": ["operations"],
-                "summary": "Whether uploads of every configured job kind will be answered",
-                "responses": {"200": _answer("healthy", "Health"), "503": _answer("why not", "Health")},
-            }
+            "get": _op(
+                "operations",
+                "Whether uploads of every configured job kind will be answered",
+                {"200": _answer("healthy", "Health"), "503": _answer("why not", "Health")},
+            )
         },
-        "/metrics": {
-            "get": {
-                "tags": ["operations"],
-                "summary": "Prometheus metrics (text exposition format)",
-                "responses": {
-                    "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "tags": ["operations"],
-                "summary": "This document",
-                "responses": {"200": _answer("OpenAPI 3.1", {"type": "object"})},
-            }  # fmt: skip
-        },
-        "/": {"get": {"tags": ["pages"], "summary": "The demo page", "responses": {"200": {"description": "HTML"}}}},
-        "/docs": {"get": {"tags": ["pages"], "summary": "API examples", "responses": {"200": {"description": "HTML"}}}},
+        "/metrics": _page("operations", "Prometheus metrics", "the text exposition format", "text/plain"),
+        "/openapi.json": {"get": _op("operations", "This document", {"200": _answer("OpenAPI 3.1", OBJECT)})},
+        "/": _page("pages", "The demo page", "HTML"),
+        "/docs": _page("pages", "API examples", "HTML"),
         "/static/{filename}": {
-            "get": {
-                "tags": ["pages"],
-                "summary": "The pages' scripts, styles and icon",
-                "parameters": [_param("filename", "path", "a file of static/", {"type": "string"}, required=True)],
-                "responses": {"200": {"description": "the file"}, "404": {"description": "no such file"}},
-            }
+            "get": _op(
+                "pages",
+                "The pages' scripts, styles and icon",
+                {"200": {"description": "the file"}, "404": {"description": "no such file"}},
+                parameters=[_param("filename", "path", "a file of static/", {"type": "string"}, required=True)],
+            )
         },
     }
 
@@ -270,7 +221,6 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
     return {"type": "object", "required": required, "properties": properties}
 
 
-STRING, NUMBER, INTEGER, BOOLEAN = ({"type": t} for t in ("string", "number", "integer", "boolean"))
 PIXEL_BOX = _object(["xmin", "ymin", "xmax", "ymax"], xmin=INTEGER, ymin=INTEGER, xmax=INTEGER, ymax=INTEGER)
 
 SCHEMAS = {
@@ -283,7 +233,7 @@ SCHEMAS = {
         datetime=STRING,
         sessname=STRING,
         sesskey=STRING,
-    ),  # fmt: skip
+    ),
     "Session": _object(
         ["sessname", "state"],
         sessname=STRING,
@@ -304,7 +254,7 @@ SCHEMAS = {
                 score=NUMBER,
                 box=PIXEL_BOX,
                 box_normalized={"type": "object"},
-            ),  # fmt: skip
+            ),
         },
         image_size=_object(["width", "height"], width=INTEGER, height=INTEGER),
         created=STRING,
@@ -325,7 +275,7 @@ SCHEMAS = {
                 y_min=INTEGER,
                 x_max=INTEGER,
                 y_max=INTEGER,
-            ),  # fmt: skip
+            ),
         },
         count=INTEGER,
         message=STRING,
@@ -336,13 +286,13 @@ SCHEMAS = {
     ),
     "DeepStackScene": _object(
         ["success", "label", "confidence"], success={"const": True}, label=STRING, confidence=NUMBER
-    ),  # fmt: skip
+    ),
     "DeepStackModels": _object(
         ["success", "models"], success={"const": True}, models={"type": "array", "items": STRING}
     ),
     "UpdateAvailable": _object(
         ["success", "updateAvailable"], success=BOOLEAN, updateAvailable=BOOLEAN, current=STRING, latest=STRING
-    ),  # fmt: skip
+    ),
     "Health": _object(["status", "jobs"], status=STRING, jobs={"type": "object"}, free_disk_mb=INTEGER),
 }
 

@@ -46,13 +46,18 @@ def upload_options(job: str) -> dict[str, Any]:
     raw = request.args.get("min_score")
     if job != DETECTION or raw is None:
         return {}
+    return {"min_score": fraction("min_score", raw)}
+
+
+def fraction(name: str, raw: str) -> float:
+    """A request's number between 0 and 1, or 400 naming the parameter."""
     try:
         value = float(raw)
     except ValueError:
-        abort(400, f"min_score must be a number between 0 and 1, not {raw!r}")
+        abort(400, f"{name} must be a number between 0 and 1, not {raw[:40]!r}")
     if not 0 <= value <= 1:
-        abort(400, f"min_score must be between 0 and 1, not {value}")
-    return {"min_score": value}
+        abort(400, f"{name} must be between 0 and 1, not {raw[:40]}")
+    return value
 
 
 def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
