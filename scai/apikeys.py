@@ -1,7 +1,8 @@
 """Optional API keys for uploads and model lists.
 
 Keys come from ``SCAI_API_KEYS`` (comma-separated) and from ``usr/api_keys`` (one a line, ``#``
-comments), read again when that file changes, so a key is added or revoked without a restart.
+comments), read again when that file changes, so a key is added or revoked without a restart. A
+key file that cannot be read refuses every keyed request (503) rather than opening the service.
 With neither set the service is open, as before. A client presents its key as
 ``Authorization: Bearer KEY``, ``X-API-Key: KEY`` or the DeepStack form field ``api_key``.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 from collections.abc import Callable
 from functools import wraps
@@ -24,7 +26,9 @@ from typing import Any
 from flask import current_app, request
 
 from scai.config import file_stamp
-from scai.errors import Unauthorized
+from scai.errors import KeyFileUnreadable, Unauthorized
+
+log = logging.getLogger("scai.apikeys")
 
 #: The file under ``usr/`` that holds keys, one a line.
 KEYS_FILE = "api_keys"
@@ -41,9 +45,13 @@ def _digest(key: str) -> bytes:
 
 
 def parse(text: str) -> frozenset[bytes]:
-    """Digests of the keys in ``text``: words split by commas, spaces or lines; ``#`` starts a comment."""
-    words = (re.split(r"[,\s]+", line.split("#", 1)[0]) for line in text.splitlines())
-    return frozenset(_digest(word) for line in words for word in line if word)
+    """Digests of the keys in ``text``: words split by commas, spaces or lines (``SCAI_API_KEYS``)."""
+    return frozenset(_digest(word) for word in re.split(r"[,\s]+", text) if word)
+
+
+def parse_file(text: str) -> frozenset[bytes]:
+    """The same for the key file, where ``#`` starts a comment."""
+    return parse("\n".join(line.split("#", 1)[0] for line in text.splitlines()))
 
 
 def file_keys(usr_dir: Path) -> frozenset[bytes]:
@@ -54,7 +62,12 @@ def file_keys(usr_dir: Path) -> frozenset[bytes]:
         return frozenset()
     cached = _file_cache.get(path)
     if cached is None or cached[0] != stamp:
-        cached = _file_cache[path] = (stamp, parse(path.read_text(encoding="utf-8")))
+        try:
+            keys = parse_file(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as error:  # refuse everything (503) until it is fixed
+            log.error("the API key file %s cannot be read: %s", path, error)
+            raise KeyFileUnreadable(f"the server's API key file cannot be read ({error.__class__.__name__})") from None
+        cached = _file_cache[path] = (stamp, keys)
     return cached[1]
 
 

@@ -14,9 +14,12 @@ downloaded and says why.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import sys
+import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,7 +35,10 @@ from scai.errors import ConfigError, DownloadError
 #: Folder under ``usr/`` that pulled models go to, one subfolder each.
 MODELS_FOLDER = "models"
 CHUNK = 256 * 1024
+#: Seconds a connection may stay silent, and the slowest rate a download may keep: past
+#: ``TIMEOUT_SECONDS`` plus the file's size at that rate, it is given up.
 TIMEOUT_SECONDS = 30
+SLOWEST_BYTES_PER_SECOND = 20_000
 
 
 @dataclass(frozen=True)
@@ -116,28 +122,53 @@ def pull(usr_dir: Path, name: str, source: str | None = None, progress: IO[str] 
     """Install catalogue entry ``name`` under ``usr/models/NAME`` and add its section to the job
     kind's config; returns the model's folder. ``source``: a mirror URL or a folder."""
     item = entry(name)
+    config_path = Path(usr_dir) / f"{item.job}.config"
+    _check_editable(config_path)  # before anything is downloaded
     folder = Path(usr_dir) / MODELS_FOLDER / item.name
     folder.mkdir(parents=True, exist_ok=True)
     downloaded: list[tuple[Path, Path]] = []  # (temporary, final)
+    placed: list[Path] = []
     try:
         for file in item.files:
             target = folder / file.name
             if target.is_file() and _digest_of(target) == file.sha256:
                 continue  # installed before, and unchanged
-            downloaded.append((folder / f".{file.name}.partial", target))
-            _fetch(file, _location(file, source), downloaded[-1][0], progress or sys.stderr)
-        for partial, target in downloaded:
-            os.replace(partial, target)
-    finally:
-        for partial, _ in downloaded:
+            handle, temporary = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".partial", dir=folder)
+            os.close(handle)  # a name of its own: pulls at the same time never share one
+            downloaded.append((Path(temporary), target))
+            _fetch(file, _location(file, source), Path(temporary), progress or sys.stderr)
+        for temporary, target in downloaded:
+            os.replace(temporary, target)
+            placed.append(target)
+        keys = {key: value.format(folder=f"{MODELS_FOLDER}/{item.name}") for key, value in item.section.items()}
+        try:
+            config.write_section(config_path, item.name, keys)
+        except (OSError, UnicodeError) as error:
+            raise ConfigError(f"{config_path} cannot be updated ({error}); nothing was installed") from None
+    except BaseException:
+        for target in placed:  # the files of a pull that did not finish
             with suppress(FileNotFoundError):
-                partial.unlink()
+                target.unlink()
+        raise
+    finally:
+        for temporary, _ in downloaded:
+            with suppress(FileNotFoundError):
+                temporary.unlink()
         for empty in (folder, folder.parent):  # made for this pull and left empty by its failure
             with suppress(OSError):
                 empty.rmdir()
-    keys = {key: value.format(folder=f"{MODELS_FOLDER}/{item.name}") for key, value in item.section.items()}
-    config.write_section(Path(usr_dir) / f"{item.job}.config", item.name, keys)
     return folder
+
+
+def _check_editable(path: Path) -> None:
+    """The job kind's config must be absent or a readable UTF-8 file, or the pull would download
+    files it cannot install."""
+    try:
+        path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeError) as error:
+        raise ConfigError(f"{path} cannot be read ({error}); nothing was downloaded") from None
 
 
 def _location(file: File, source: str | None) -> str:
@@ -155,26 +186,32 @@ def _fetch(file: File, location: str, partial: Path, progress: IO[str]) -> None:
     size and digest are the pinned ones."""
     digest, done = hashlib.sha256(), 0
     report = _progress_bar(file.name, file.size, progress)
+    deadline = time.monotonic() + TIMEOUT_SECONDS + file.size / SLOWEST_BYTES_PER_SECOND
     try:
         with _open(location) as reader, partial.open("wb") as writer:
-            while chunk := reader.read(CHUNK):
+            while chunk := reader.read1(CHUNK):  # what has arrived: a trickle still meets the deadline
                 done += len(chunk)
                 if done > file.size:
                     raise DownloadError(f"{file.name} from {location} is larger than the {file.size} bytes expected")
+                if time.monotonic() > deadline:
+                    raise DownloadError(f"{location} is too slow: {done} of {file.size} bytes in the time allowed")
                 digest.update(chunk)
                 writer.write(chunk)
                 report(done)
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-        reason = getattr(error, "reason", error)
-        raise DownloadError(
-            f"cannot download {location}: {reason} (no network? `--from` takes a mirror URL or a folder "
-            "holding the files)"
-        ) from None
     except FileNotFoundError:
         raise DownloadError(f"{location} does not exist") from None
+    except urllib.error.URLError as error:
+        raise DownloadError(
+            f"cannot download {location}: {error.reason} (no network? `--from` takes a mirror URL or a "
+            "folder holding the files)"
+        ) from None
+    except (OSError, http.client.HTTPException) as error:  # a broken connection or response, a full disk
+        raise DownloadError(f"cannot download {location}: {error.__class__.__name__}: {error}") from None
     finally:
-        report(done, final=True)
-    if digest.hexdigest() != file.sha256 or done != file.size:
+        report(min(done, file.size), final=True)
+    if done < file.size:
+        raise DownloadError(f"{location} ended after {done} of {file.size} bytes (nothing was installed)")
+    if digest.hexdigest() != file.sha256:
         raise DownloadError(
             f"{file.name} from {location} is not the pinned file: sha256 {digest.hexdigest()} and "
             f"{done} bytes, expected {file.sha256} and {file.size} bytes (nothing was installed)"
@@ -204,7 +241,7 @@ def _progress_bar(name: str, total: int, out: IO[str]) -> Callable[..., None]:
     def report(done: int, final: bool = False) -> None:
         if not (tty or final):
             return
-        filled = width * done // max(total, 1)
+        filled = min(width, width * done // max(total, 1))
         line = f"{name} [{'#' * filled}{'.' * (width - filled)}] {_size(done)} of {_size(total)}"
         out.write(("\r" if tty else "") + line + ("\n" if final else ""))
         out.flush()

@@ -154,6 +154,8 @@ class Settings:
             raise ConfigError("the rescan time must be above 0 s and the keep time at least 0 s")
         if not 0 < self.claim_lease_seconds < float("inf"):
             raise ConfigError("the claim lease must be above 0 s")
+        if self.api_keys and not self.api_keys.replace(",", " ").split():
+            raise ConfigError("SCAI_API_KEYS is set but holds no key (keys are separated by commas)")
         if min(self.queue_limit, self.threads) < 0:
             raise ConfigError("the queue limit and the thread count must be 0 or more")
 

@@ -40,6 +40,12 @@ class Unauthorized(ScaiError):
     http_status = 401
 
 
+class KeyFileUnreadable(ScaiError):
+    """The API key file exists but cannot be read: keyed requests are refused until it is fixed."""
+
+    http_status = 503
+
+
 class SessionNotFound(ScaiError):
     """No session with that id exists (or it was cleaned away)."""
 

@@ -38,8 +38,6 @@ class ImageInfo:
     ext: str
     width: int
     height: int
-    #: The EXIF orientation (1: stored upright); the worker's decode applies it.
-    orientation: int = 1
 
 
 #: A progressive JPEG is decoded once per scan: encoders write about 10, and a file of 100,000
@@ -76,7 +74,7 @@ def _open(source: bytes | Path, max_pixels: int) -> Image.Image:
 def inspect(data: bytes, max_pixels: int) -> ImageInfo:
     """Check an upload from its header alone: is it an image, of a known format, not too large?"""
     image = _open(data, max_pixels)
-    return ImageInfo(image.format, FORMATS[image.format], image.width, image.height, orientation(image))
+    return ImageInfo(image.format, FORMATS[image.format], image.width, image.height)
 
 
 #: A drafted JPEG keeps at least this many times the model's input size a side (see above).
@@ -95,11 +93,11 @@ def load_rgb(source: bytes | Path, max_pixels: int, fit: tuple[int, int] | None 
     image = _open(source, max_pixels)
     try:
         if fit is not None and image.format == "JPEG":  # a JPEG's EXIF comes before its pixels
-            transposed = image.getexif().get(ORIENTATION_TAG, 1) in TRANSPOSED
+            transposed = orientation(image) in TRANSPOSED
             width, height = (DRAFT_MARGIN * side for side in (fit[::-1] if transposed else fit))
             image.draft("RGB", (width, height))
         image.load()
-        if image.getexif().get(ORIENTATION_TAG, 1) not in (None, 1):  # exif_transpose copies even an upright image
+        if orientation(image) != 1:  # exif_transpose copies even an upright image
             image = ImageOps.exif_transpose(image)
         if fit is not None and image.mode in WIDE_MODES:
             image = _reduced(image, fit)
@@ -122,18 +120,31 @@ def _reduced(image: Image.Image, fit: tuple[int, int]) -> Image.Image:
     return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
 
 
-def upright_size(source: bytes | Path, max_pixels: int) -> tuple[int, int]:
-    """(width, height) of the image as ``load_rgb`` returns it at full size, from its header."""
+def geometry(source: bytes | Path, max_pixels: int) -> tuple[int, int, int]:
+    """(width, height) of the image as ``load_rgb`` returns it at full size, and the EXIF
+    orientation that turned it so (1: none). For the worker, after a decode: a PNG's EXIF may
+    follow its pixels, so reading it can decode the whole image."""
     image = _open(source, max_pixels)
-    return (image.height, image.width) if orientation(image) in TRANSPOSED else image.size
+    turn = orientation(image)
+    width, height = (image.height, image.width) if turn in TRANSPOSED else image.size
+    return width, height, turn
+
+
+def upright_size(source: bytes | Path, max_pixels: int) -> tuple[int, int]:
+    width, height, _ = geometry(source, max_pixels)
+    return width, height
 
 
 def orientation(image: Image.Image) -> int:
-    """The EXIF orientation still to apply to ``image``'s pixels as Pillow reads them (1: none).
-    Pillow's TIFF reader applies a TIFF's orientation itself: its pixels are upright already."""
+    """The EXIF orientation still to apply to ``image``'s pixels as Pillow reads them (1: none,
+    also for EXIF that cannot be read). Pillow's TIFF reader applies a TIFF's orientation itself:
+    its pixels are upright already."""
     if image.format == "TIFF":
         return 1
-    value = image.getexif().get(ORIENTATION_TAG, 1)
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # damaged EXIF (struct.error, SyntaxError, OSError...): as if there were none
+        return 1
     return value if value in range(1, 9) else 1
 
 

@@ -16,7 +16,6 @@ read from the session store at scrape time: they are the store's facts, not a pr
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,9 +41,12 @@ def enable(settings: Settings) -> None:
 
 
 def reset(folder: Path) -> None:
-    """Empty the folder before a new set of processes starts (values of the last run would add up)."""
-    shutil.rmtree(folder, ignore_errors=True)
+    """Remove the last run's value files before a new set of processes starts (they would add
+    up). Only prometheus_client's ``*.db`` files: ``SCAI_METRICS_DIR`` may name a folder that
+    holds other things."""
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
 
 
 _created: list[SimpleNamespace] = []

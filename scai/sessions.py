@@ -48,6 +48,9 @@ from scai.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, 
 
 INITIALIZATION, PROCESSING, COMPLETE, FAILURE = "initialization", "processing", "complete", "failure"
 FINAL_STATES = (COMPLETE, FAILURE)
+#: Whose fault a failed session was (its ``fault`` field): the image's, or the server's (a model
+#: that cannot load, an internal error); the DeepStack routes answer 400 or 500 by it.
+IMAGE, SERVER = "image", "server"
 
 SESSION_ID_RE = re.compile(r"d-\d{8}-[0-9a-f]{32}")
 PROCESS_FILE = "process.json"

@@ -33,9 +33,10 @@ class Item:
     options: dict[str, Any] = field(default_factory=dict)
     source: bytes | Path | None = None
 
-    def upright_size(self, max_pixels: int) -> tuple[int, int]:
-        """(width, height) of the upload itself, however much ``image`` was reduced."""
-        return self.image.size if self.source is None else imaging.upright_size(self.source, max_pixels)
+    def geometry(self, max_pixels: int) -> tuple[int, int, int]:
+        """(width, height) of the upload itself, however much ``image`` was reduced, and the EXIF
+        orientation that turned it upright."""
+        return (*self.image.size, 1) if self.source is None else imaging.geometry(self.source, max_pixels)
 
 
 class Task(Protocol):
@@ -102,7 +103,9 @@ def select(engine: Detector, raw: Any, min_score: float) -> list[Labelled]:
     return chosen
 
 
-def detection_fields(chosen: Sequence[Labelled], width: int, height: int, line_thickness: int = 4) -> dict[str, Any]:
+def detection_fields(
+    chosen: Sequence[Labelled], width: int, height: int, line_thickness: int = 4, orientation: int = 1
+) -> dict[str, Any]:
     best: dict[str, float] = {}
     for item in chosen:
         best.setdefault(item.label, item.score)
@@ -121,6 +124,7 @@ def detection_fields(chosen: Sequence[Labelled], width: int, height: int, line_t
         "image_size": {"width": width, "height": height},
         "result_image": RESULT_IMAGE,
         "line_thickness": line_thickness,  # kept for drawing the image when it is asked for
+        "orientation": orientation,  # the EXIF orientation applied: DeepStack boxes undo it
     }
 
 
@@ -143,8 +147,8 @@ class DetectionTask(ModelTask):
         results = []
         for item, raw in zip(items, engine.detect([item.image for item in items]), strict=True):
             chosen = select(engine, raw, float(item.options.get("min_score", engine.min_score)))
-            size = item.upright_size(self.settings.max_pixels)
-            results.append(detection_fields(chosen, *size, engine.line_thickness))
+            width, height, turn = item.geometry(self.settings.max_pixels)
+            results.append(detection_fields(chosen, width, height, engine.line_thickness, turn))
         return results
 
 

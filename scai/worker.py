@@ -32,6 +32,8 @@ from scai.sessions import (
     COMPLETE,
     FAILURE,
     FINAL_STATES,
+    IMAGE,
+    SERVER,
     Claim,
     SessionNotFound,
     SessionStore,
@@ -144,7 +146,7 @@ class Worker:
             raise  # the store, not the session: the claim stays pending and is handed out again
         except Exception as error:  # an unreadable process.json fails its session, not the worker
             log.exception("session %s has an unreadable state", claim.session_id)
-            self._fail(claim, None, f"internal error: unreadable session state ({error.__class__.__name__})")
+            self._fail(claim, None, f"internal error: unreadable session state ({error.__class__.__name__})", SERVER)
             return None
         if state.get("state") in FINAL_STATES:  # done before a crash took the worker
             self.store.drop(claim)
@@ -171,7 +173,7 @@ class Worker:
             raise
         except Exception as error:  # a session must never take the worker down
             log.exception("session %s could not be opened", claim.session_id)
-            self._fail(claim, state, f"internal error: {error}")
+            self._fail(claim, state, f"internal error: {error}", SERVER)
             return None
         return Item(image, state.get("options") or {}, source)
 
@@ -182,7 +184,7 @@ class Worker:
             if not isinstance(error, ConfigError | OSError):
                 log.exception("model %r could not be loaded", model)
             for claim, state in opened:
-                self._fail(claim, state, f"model {model!r} unavailable: {error}")
+                self._fail(claim, state, f"model {model!r} unavailable: {error}", SERVER)
             return
         items = []
         for claim, state in opened:
@@ -214,8 +216,10 @@ class Worker:
             log.info("complete %s in %.1f ms", claim.session_id, millis)
             metrics.session_done(self.job, state.get("model") or config.DEFAULT_MODEL, COMPLETE, millis)
 
-    def _fail(self, claim: Claim, state: dict[str, Any] | None, message: str) -> None:
-        if self._record(claim, state or {}, {"state": FAILURE, "message": message}):
+    def _fail(self, claim: Claim, state: dict[str, Any] | None, message: str, fault: str = IMAGE) -> None:
+        """End a session in failure; ``fault`` says whose: the image's (a client error) or the
+        server's (a model that cannot load, an internal error)."""
+        if self._record(claim, state or {}, {"state": FAILURE, "message": message, "fault": fault}):
             log.info("failure %s: %s", claim.session_id, message)
             metrics.session_done(self.job, (state or {}).get("model") or config.DEFAULT_MODEL, FAILURE)
 

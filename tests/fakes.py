@@ -89,7 +89,8 @@ class FakeDetector(FakeTask):
                 corners = Box(xs.min() / spans[0], ys.min() / spans[1], xs.max() / spans[0], ys.max() / spans[1])
                 found.insert(0, Labelled(corners, 1, "marker", 0.9))
             chosen = [d for d in found if d.score >= item.options.get("min_score", 0.5)]
-            results.append(detection_fields(chosen, width, height))
+            _, _, turn = item.geometry(10**9)
+            results.append(detection_fields(chosen, width, height, orientation=turn))
         return results
 
 

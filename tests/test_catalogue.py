@@ -73,3 +73,37 @@ def test_no_network_or_no_file_is_one_line_and_nothing_left(tiny, tmp_path, caps
 def test_an_unknown_name_says_what_there_is(tmp_path, capsys) -> None:
     assert main(["models", "pull", "yolo", "--usr", str(tmp_path)]) == 2
     assert "coco-ssd" in capsys.readouterr().err
+
+
+def test_a_config_that_cannot_be_updated_installs_nothing(tiny, tmp_path, capsys) -> None:
+    _, mirror = tiny
+    usr = tmp_path / "usr"
+    usr.mkdir()
+    (usr / f"{DETECTION}.config").write_bytes(b"[x]\nPATH_TO_CKPT = \xff\xfe\n")
+    assert main(["models", "pull", "tiny", "--from", str(mirror), "--usr", str(usr)]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    assert not (usr / "models").exists()
+
+
+def test_a_broken_mirror_is_one_line(tiny, tmp_path, capsys) -> None:
+    """A server that closes the connection in the middle of the body (http.client.IncompleteRead)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def half_answer() -> None:
+        for _ in range(2):
+            connection, _ = listener.accept()
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100)
+            connection.close()
+
+    threading.Thread(target=half_answer, daemon=True).start()
+    usr = tmp_path / "usr"
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    assert main(["models", "pull", "tiny", "--from", url, "--usr", str(usr)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("scai: ") and ("cannot download" in error or "ended after 100 of" in error), error
+    assert not (usr / "models").exists()
+    listener.close()

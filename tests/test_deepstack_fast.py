@@ -11,9 +11,10 @@ from contextlib import contextmanager
 
 import pytest
 from fakes import FakeDetector, FakeTask, marked_jpeg, tiny_png, write_fake_usr
+from PIL import Image
 
 from scai import apikeys
-from scai.config import CLASSIFICATION, DETECTION, Settings
+from scai.config import CLASSIFICATION, DETECTION, ConfigError, Settings
 from scai.portal import create_app
 from scai.worker import Worker
 
@@ -182,7 +183,56 @@ def test_keys_in_the_usr_file_count_and_change_without_a_restart(tmp_path) -> No
 
 
 def test_keys_parse_and_match() -> None:
-    keys = apikeys.parse("alpha, beta\tgamma # delta\n# epsilon\n")
+    keys = apikeys.parse_file("alpha, beta\tgamma # delta\n# epsilon\n")
     assert [apikeys.matches(k, keys) for k in ("alpha", "beta", "gamma", "delta", "epsilon", "", None)] == [
         True, True, True, False, False, False, False
     ]  # fmt: skip
+    from_env = apikeys.parse("s3cr#et, #lead")  # no comments in the variable: '#' is part of a key
+    assert apikeys.matches("s3cr#et", from_env) and not apikeys.matches("s3cr", from_env)
+    with pytest.raises(ConfigError, match="holds no key"):
+        Settings(api_keys=" , ")
+
+
+def test_an_unreadable_key_file_refuses_keyed_requests(tmp_path) -> None:
+    settings = make_settings(tmp_path)
+    client = create_app(settings).test_client()
+    (settings.usr_dir / apikeys.KEYS_FILE).write_bytes(b"\xff\xfe not utf-8\n")
+    refused = client.get("/api/v1/models", headers={"X-API-Key": "anything"})
+    assert refused.status_code == 503 and "API key file" in refused.json["message"]
+    assert post(client, "/v1/vision/detection", tiny_png()).json["code"] == 503
+    assert client.get("/healthz").status_code in (200, 503) and client.get("/").status_code == 200
+
+
+def test_a_damaged_png_is_400_and_a_broken_model_500_without_its_path(tmp_path) -> None:
+    settings = make_settings(tmp_path)
+    png = tiny_png(size=(64, 64))
+    garbled = io.BytesIO()
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(garbled, "PNG", exif=b"Exif\0\0garbage-not-tiff")
+    workers = [Worker(settings, DETECTION, task=FakeDetector(broken=["backyard"]))]
+    threads = [threading.Thread(target=w.run_forever, daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    try:
+        client = create_app(settings).test_client()
+        for route in ("/v1/vision/detection", "/api/v1/detect?wait=20", "/objectdetection"):
+            cut = client.post(route, data={"image": (io.BytesIO(png[:60]), "image")})
+            assert cut.status_code in (200, 400, 422), (route, cut.status_code)  # never a 500
+        assert post(client, "/v1/vision/detection", png[:60]).status_code == 400
+        answer = post(client, "/v1/vision/detection", garbled.getvalue())
+        assert answer.status_code == 200, answer.json  # unreadable EXIF: as if there were none
+        broken = post(client, "/v1/vision/custom/backyard", png)
+        assert broken.status_code == 500 and broken.json["success"] is False
+        assert str(tmp_path) not in broken.text and "tflite" not in broken.text
+    finally:
+        for worker in workers:
+            worker.stop()
+        for thread in threads:
+            thread.join(10)
+
+
+def test_a_client_cannot_invent_metric_series(tmp_path) -> None:
+    client = create_app(make_settings(tmp_path)).test_client()
+    for number in range(5):
+        client.open("/api/v1/models", method=f"X{number}")
+    scraped = client.get("/metrics").text
+    assert 'method="X0"' not in scraped and 'method="other"' in scraped

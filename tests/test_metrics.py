@@ -80,8 +80,11 @@ def test_a_real_service_merges_every_process(tmp_path: Path) -> None:
     try:
         photo = (IMAGES / "parrot.jpg").read_bytes()
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda _: server.classify(photo, wait=60).status_code, range(24)))
+            pending = [pool.submit(lambda: server.classify(photo, wait=60).status_code) for _ in range(24)]
+            during = requests.get(f"{server.url}/metrics", timeout=10)  # while the uploads run
+            answers = [future.result() for future in pending]
         assert answers == [200] * 24
+        assert during.status_code == 200 and ("scai_queue_depth", (("job", "classify"),)) in samples(during.text)
         scraped = samples(requests.get(f"{server.url}/metrics", timeout=10).text)
         labels = {"job": "classify", "model": "default"}
         assert value(scraped, "scai_sessions_total", **labels, state="complete") == 24  # both workers' files

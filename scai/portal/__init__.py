@@ -56,8 +56,12 @@ def count_request(response: Response) -> Response:
     """Every answer in ``scai_http_requests_total`` and the latency histogram, by route template
     (``/api/v1/sessions/<session_id>``, not each session: a bounded set of series)."""
     route = request.url_rule.rule if request.url_rule is not None else "(no route)"
-    metrics.request_done(route, request.method, response.status_code, time.perf_counter() - g.get("started", 0.0))
+    method = request.method if request.method in KNOWN_METHODS else "other"  # a client names it: bounded here
+    metrics.request_done(route, method, response.status_code, time.perf_counter() - g.get("started", 0.0))
     return response
+
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
 #: The pages load everything from this server; previews of a chosen photo are blob: URLs.

@@ -30,7 +30,7 @@ from scai.config import CLASSIFICATION, DETECTION
 from scai.errors import ScaiError, SessionNotFound
 from scai.portal import with_error_headers
 from scai.portal.uploads import accept_upload, fraction, settings, store
-from scai.sessions import COMPLETE, FAILURE
+from scai.sessions import COMPLETE, FAILURE, SERVER
 
 bp = Blueprint("deepstack", __name__, url_prefix="/v1")
 
@@ -69,20 +69,22 @@ def detection_model() -> str:
     return COCO_SECTION if COCO_SECTION in config.load_models(settings().usr_dir, DETECTION) else config.DEFAULT_MODEL
 
 
-def _run(job: str, model: str, options: dict[str, Any]) -> tuple[dict[str, Any], Any, float]:
-    """Store the upload as a session, wait for its worker; the final state, the upload's header
-    information and the milliseconds it took."""
+def _run(job: str, model: str, options: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Store the upload as a session, wait for its worker; the final state and the milliseconds
+    it took."""
     started = time.monotonic()
     created = accept_upload(job, model, options)
     try:
         state = store().wait(created["sessname"], settings().max_wait_seconds)
     except SessionNotFound:
         abort(404, "the session was cleaned away before it was answered")
+    if state.get("state") == FAILURE and state.get("fault") == SERVER:
+        abort(500, "the server could not run its model (its log says why)")  # not the client's doing
     if state.get("state") == FAILURE:
         abort(400, str(state.get("message") or "the image could not be processed"))
     if state.get("state") != COMPLETE:
         abort(503, f"no answer within {settings().max_wait_seconds:g} s: the workers are busy or down")
-    return state, created["info"], (time.monotonic() - started) * 1000
+    return state, (time.monotonic() - started) * 1000
 
 
 def _timings(state: dict[str, Any], job: str, process_ms: float) -> dict[str, Any]:
@@ -95,8 +97,10 @@ def _timings(state: dict[str, Any], job: str, process_ms: float) -> dict[str, An
     }
 
 
-def predictions(state: dict[str, Any], orientation: int) -> list[dict[str, Any]]:
-    """The session's detections as DeepStack predictions, best first, in the stored pixel grid."""
+def predictions(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The session's detections as DeepStack predictions, best first, in the stored pixel grid
+    (the worker records the EXIF orientation it applied)."""
+    orientation = int(state.get("orientation") or 1)
     size = state.get("image_size") or {}
     width, height = int(size.get("width", 1)), int(size.get("height", 1))
     stored = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
@@ -120,8 +124,8 @@ def predictions(state: dict[str, Any], orientation: int) -> list[dict[str, Any]]
 
 
 def _detect(model: str) -> tuple[Response, int]:
-    state, info, process_ms = _run(DETECTION, model, {"min_score": _min_confidence()})
-    found = predictions(state, info.orientation)
+    state, process_ms = _run(DETECTION, model, {"min_score": _min_confidence()})
+    found = predictions(state)
     labels = ", ".join(dict.fromkeys(p["label"] for p in found))
     return jsonify(
         success=True,
@@ -156,7 +160,7 @@ def custom(model: str) -> tuple[Response, int]:
 @bp.post("/vision/scene")
 @apikeys.required
 def scene() -> tuple[Response, int]:
-    state, _, process_ms = _run(CLASSIFICATION, config.DEFAULT_MODEL, {})
+    state, process_ms = _run(CLASSIFICATION, config.DEFAULT_MODEL, {})
     best = (state.get("predictions") or [{"label": "unknown", "score": 0.0}])[0]
     return jsonify(
         success=True,

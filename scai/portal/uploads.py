@@ -75,7 +75,7 @@ def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | 
     filename = secure_filename(upload.filename or "") or f"upload.{info.ext}"
     session_id, key = store().create(job, name, data, info.ext, filename, options or {})
     start_job_worker_if_needed(job)
-    return {"sessname": session_id, "sesskey": key, "filename": filename, "model": name, "info": info}
+    return {"sessname": session_id, "sesskey": key, "filename": filename, "model": name}
 
 
 def start_job_worker_if_needed(job: str) -> None:
