@@ -398,18 +398,21 @@ class SessionStore:
     def is_claimed(self, session_id: str) -> bool:
         return any((self.claimed(job) / session_id).exists() for job in self._jobs())
 
-    def remove(self, session_id: str) -> bool:
+    def remove(self, session_id: str, state: dict[str, Any] | None = None) -> bool:
         """Delete a session and its pending markers unless a worker holds it; True if removed.
 
         The pending marker is unlinked first, so no worker can claim the session afterwards;
         the claim check after it catches a worker that took the marker in the meantime.
+        ``state``, as the caller read it: a final one needs no claim check (its worker has
+        written the result and only has to let go of its marker, which it does gone or not).
         """
-        if self.is_claimed(session_id):
+        held = (state or {}).get("state") not in FINAL_STATES
+        if held and self.is_claimed(session_id):
             return False
         for job in self._jobs():
             with suppress(FileNotFoundError):
                 os.unlink(self.pool(job) / session_id)
-        if self.is_claimed(session_id):
+        if held and self.is_claimed(session_id):
             return False
         shutil.rmtree(self.path(session_id), ignore_errors=True)
         return True

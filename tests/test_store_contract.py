@@ -4,6 +4,7 @@ must be the same whichever store holds the sessions."""
 
 from __future__ import annotations
 
+import io
 import threading
 
 import pytest
@@ -11,6 +12,7 @@ from fakes import POISON, FakeTask, tiny_png, upload, write_fake_usr
 
 from scai.config import CLASSIFICATION, Settings
 from scai.portal import create_app
+from scai.sessions import SessionStore
 from scai.worker import Worker
 
 
@@ -107,3 +109,25 @@ def test_a_store_that_does_not_answer_is_503_and_the_worker_waits_it_out(tmp_pat
     threading.Timer(0.5, worker.stop).start()
     worker.run_forever()  # returns when stopped: the failures did not end it
     assert len(turns) >= 2, "it tried again after the first failure"
+
+
+def test_a_deepstack_answer_leaves_no_session_behind(client, settings) -> None:
+    """Nobody can read a DeepStack request's session again (no key is given out): it is removed
+    once answered, so a camera's frames do not pile up for a day."""
+    worker = Worker(settings, CLASSIFICATION, task=FakeTask())
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        for _ in range(20):
+            answer = client.post("/v1/vision/scene", data={"image": (io.BytesIO(tiny_png((1, 2, 3))), "image")})
+            assert answer.status_code == 200 and answer.json["label"] == "#010203"
+    finally:
+        worker.stop()
+        thread.join(10)
+    if settings.store:
+        import redis
+
+        left = list(redis.Redis.from_url(settings.store).scan_iter(match="scai:session:*"))
+    else:
+        left = SessionStore(settings.session_dir).sessions()
+    assert left == []

@@ -71,13 +71,16 @@ def detection_model() -> str:
 
 def _run(job: str, model: str, options: dict[str, Any]) -> tuple[dict[str, Any], float]:
     """Store the upload as a session, wait for its worker; the final state and the milliseconds
-    it took."""
+    it took. An answered session is removed at once: the client got no key to read it with,
+    and a camera's frames should not pile up on the server for a day."""
     started = time.monotonic()
     created = accept_upload(job, model, options)
     try:
         state = store().wait(created["sessname"], settings().max_wait_seconds)
     except SessionNotFound:
         abort(404, "the session was cleaned away before it was answered")
+    if state.get("state") in (COMPLETE, FAILURE):
+        store().remove(created["sessname"], state)
     if state.get("state") == FAILURE and state.get("fault") == SERVER:
         abort(500, "the server could not run its model (its log says why)")  # not the client's doing
     if state.get("state") == FAILURE:

@@ -443,13 +443,23 @@ class RedisStore:
             except SessionNotFound:
                 continue
             created = datetime.fromisoformat(state.get("created", now_iso())).timestamp()
-            if time.time() - created < keep_seconds or state.get("state") == PROCESSING:
+            if time.time() - created < keep_seconds or not self.remove(session_id, state):
                 kept += 1
                 continue
-            self._run(self.blobs.delete_all, self._session(session_id))
-            self._run(self.redis.delete, self._session(session_id))
             removed.append(session_id)
         return removed, kept
+
+    def remove(self, session_id: str, state: dict[str, Any] | None = None) -> bool:
+        """Delete a session and its files now, unless a worker is processing it; True if it is gone."""
+        try:
+            state = state if state is not None else self.state(session_id)
+        except SessionNotFound:
+            return True
+        if state.get("state") == PROCESSING:
+            return False
+        self._run(self.blobs.delete_all, self._session(session_id))
+        self._run(self.redis.delete, self._session(session_id))
+        return True
 
     def healthy(self) -> bool:
         try:
