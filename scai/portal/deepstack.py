@@ -4,7 +4,8 @@ Home Assistant's DeepStack integrations (through ``deepstack-python``), ``deepst
 ``codeproject-ai-api``, Frigate's DeepStack detector and Blue Iris post an image as the multipart
 field ``image`` (named ``image``, no extension, no content type) with the form fields
 ``min_confidence`` and ``api_key``, and wait for the answer. Here each such request is a session
-like any other (the same workers, batching, limits and cleanup), waited on synchronously.
+like any other (the same workers, batching and limits), waited on synchronously and removed once
+answered.
 
 Boxes are integer pixels of the image as stored in the file: a photo with an EXIF rotation is
 detected upright (as every SCAI route does), and its boxes are then turned back into the stored
