@@ -7,8 +7,9 @@ prepared pixels, and the full predict with resizing; detection: the detector on 
 and the worker's whole task: selection; its PNG is drawn only when a client asks), then sequential
 end-to-end requests to a real
 ``scai serve`` (POST /api/v1/classify or /detect?wait=...) in runtime mode and in job mode, with
-p50 and p95. The MobileNetV2 and COCO SSD rows need the shared test assets (SCAI_ASSETS, default
-../shared/assets).
+p50 and p95; and, for each detection model, the DeepStack route against ``/api/v1/detect`` with
+alternating requests. The MobileNetV2 and COCO SSD rows need the shared test assets (SCAI_ASSETS,
+default ../shared/assets).
 """
 
 from __future__ import annotations
@@ -120,6 +121,28 @@ def end_to_end(port: int, kind: str, model: str, photo: bytes, count: int) -> li
     return times[3:]  # the first requests warm the worker up
 
 
+def deepstack_vs_api(port: int, model: str, photo: bytes, count: int) -> tuple[list[float], list[float]]:
+    """Seconds per detection through ``/api/v1/detect?wait=`` and through the DeepStack route
+    ``/v1/vision/custom/<model>`` (which also removes its session), alternating one request of
+    each, so that both see the same machine."""
+    session = requests.Session()
+    api, deepstack = [], []
+    for number in range(count + 3):
+        for times, call in (
+            (api, lambda: session.post(f"http://127.0.0.1:{port}/api/v1/detect", params={"model": model, "wait": 60},
+                                       files={"photo": ("p.jpg", photo)})),
+            (deepstack, lambda: session.post(f"http://127.0.0.1:{port}/v1/vision/custom/{model}",
+                                             files={"image": photo})),
+        ):  # fmt: skip
+            started = time.perf_counter()
+            response = call()
+            if response.status_code != 200:
+                raise SystemExit(f"request failed: {response.status_code} {response.text}")
+            if number >= 3:  # the first requests warm the worker up
+                times.append(time.perf_counter() - started)
+    return api, deepstack
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=100, help="runtime-mode requests per model")
@@ -138,11 +161,14 @@ def main() -> None:
         for kind, name in names:
             spec = config.load_models(usr, config.JOB_ALIASES[kind])[name]
             rows[kind, name] = {"model": model_time(kind, spec, args.image, 30)}
+        routes = {}
         for mode, count in (("runtime", args.requests), ("job", args.job_requests)):
             process = serve(folder, usr, args.port, mode)
             try:
                 for kind, name in names:
                     rows[kind, name][mode] = end_to_end(args.port, kind, name, photo, count)
+                    if mode == "runtime" and kind == "detect":
+                        routes[name] = deepstack_vs_api(args.port, name, photo, count)
             finally:
                 process.terminate()
                 process.wait()
@@ -156,6 +182,10 @@ def main() -> None:
               f"{p50 - own:>12.1f}{statistics.median(job):>10.0f}{percentile(job, 95):>8.0f}")  # fmt: skip
     print("\nmilliseconds; 'over model' = runtime p50 minus the model's own time; 'task' = the worker's")
     print("whole step for one image (classification: resize + model; detection: model + selection)")
+    print(f"\n{'detection model':<22}{'/api/v1 p50':>12}{'DeepStack p50':>15}{'ratio':>8}   (alternating requests)")
+    for name, (api, deepstack) in routes.items():
+        api_p50, deepstack_p50 = statistics.median(api) * 1000, statistics.median(deepstack) * 1000
+        print(f"{name:<22}{api_p50:>12.1f}{deepstack_p50:>15.1f}{deepstack_p50 / api_p50:>8.2f}")
 
 
 if __name__ == "__main__":
