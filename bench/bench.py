@@ -87,9 +87,8 @@ def model_time(kind: str, spec: config.ModelSpec, image_path: Path, runs: int) -
         return timed(lambda: engine.run(pixels), runs), timed(lambda: engine.predict([image]), runs)
     engine = load_detector(spec)
     task = DetectionTask(config.Settings())
-    with tempfile.TemporaryDirectory() as folder:
-        item = Item(image, Path(folder))
-        return timed(lambda: engine.detect_one(image), runs), timed(lambda: task.run(engine, [item]), runs)
+    item = Item(image, {}, image_path.read_bytes())
+    return timed(lambda: engine.detect_one(image), runs), timed(lambda: task.run(engine, [item]), runs)
 
 
 def serve(folder: Path, usr: Path, port: int, mode: str) -> subprocess.Popen:

@@ -187,3 +187,16 @@ def test_keys_set_while_serving(served: Server) -> None:
         assert refused.status_code == 401 and "camera-key" not in refused.text
     finally:
         keys.unlink()
+
+
+def test_answered_requests_leave_no_session_behind(served: Server) -> None:
+    from conftest import wait_for
+
+    from scai.sessions import SessionStore
+
+    store = SessionStore(served.session_dir)
+    before = set(store.sessions())
+    client = DeepstackObject(ip="127.0.0.1", port=served.port, timeout=60)
+    for _ in range(10):
+        client.detect((IMAGES / "girl.jpg").read_bytes())
+    wait_for(lambda: set(store.sessions()) == before, 10, "the answered sessions to be removed")

@@ -121,6 +121,7 @@ def test_a_deepstack_answer_leaves_no_session_behind(client, settings) -> None:
         for _ in range(20):
             answer = client.post("/v1/vision/scene", data={"image": (io.BytesIO(tiny_png((1, 2, 3))), "image")})
             assert answer.status_code == 200 and answer.json["label"] == "#010203"
+            answer.close()  # as a WSGI server does once it has sent the answer: the session goes then
     finally:
         worker.stop()
         thread.join(10)

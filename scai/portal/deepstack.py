@@ -19,10 +19,11 @@ unknown custom model.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from flask import Blueprint, Response, abort, jsonify, request
+from flask import Blueprint, Response, abort, after_this_request, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from object_detection.boxes import Box
@@ -34,6 +35,7 @@ from scai.portal.uploads import accept_upload, fraction, settings, store
 from scai.sessions import COMPLETE, FAILURE, SERVER
 
 bp = Blueprint("deepstack", __name__, url_prefix="/v1")
+log = logging.getLogger("scai.portal")
 
 #: DeepStack's default for ``min_confidence``.
 DEFAULT_MIN_CONFIDENCE = 0.40
@@ -81,7 +83,7 @@ def _run(job: str, model: str, options: dict[str, Any]) -> tuple[dict[str, Any],
     except SessionNotFound:
         abort(404, "the session was cleaned away before it was answered")
     if state.get("state") in (COMPLETE, FAILURE):
-        store().remove(created["sessname"], state)
+        _remove_once_sent(created["sessname"], state)
     if state.get("state") == FAILURE and state.get("fault") == SERVER:
         abort(500, "the server could not run its model (its log says why)")  # not the client's doing
     if state.get("state") == FAILURE:
@@ -89,6 +91,22 @@ def _run(job: str, model: str, options: dict[str, Any]) -> tuple[dict[str, Any],
     if state.get("state") != COMPLETE:
         abort(503, f"no answer within {settings().max_wait_seconds:g} s: the workers are busy or down")
     return state, (time.monotonic() - started) * 1000
+
+
+def _remove_once_sent(session_id: str, state: dict[str, Any]) -> None:
+    """Remove an answered session after its response has gone out, off the client's clock."""
+    target = store()
+
+    def remove() -> None:
+        try:
+            target.remove(session_id, state)
+        except Exception:  # the cleaner removes it later
+            log.exception("could not remove the answered session %s", session_id)
+
+    @after_this_request
+    def when_sent(response: Response) -> Response:
+        response.call_on_close(remove)
+        return response
 
 
 def _timings(state: dict[str, Any], job: str, process_ms: float) -> dict[str, Any]:
