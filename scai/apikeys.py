@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 from collections.abc import Callable
 from functools import wraps
@@ -55,19 +56,25 @@ def parse_file(text: str) -> frozenset[bytes]:
 
 
 def file_keys(usr_dir: Path) -> frozenset[bytes]:
-    """The keys in ``usr/api_keys``, read again only when the file changes."""
+    """The keys in ``usr/api_keys``, read again only when the file changes. A file that is
+    there but cannot be read, or holds no key (emptied, all comments, a link to nothing),
+    refuses every keyed request (503) until it is fixed: only its absence opens the service."""
     path = Path(usr_dir) / KEYS_FILE
-    stamp = file_stamp(path)
-    if stamp is None:
-        return frozenset()
-    cached = _file_cache.get(path)
-    if cached is None or cached[0] != stamp:
-        try:
-            keys = parse_file(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as error:  # refuse everything (503) until it is fixed
-            log.error("the API key file %s cannot be read: %s", path, error)
-            raise KeyFileUnreadable(f"the server's API key file cannot be read ({error.__class__.__name__})") from None
-        cached = _file_cache[path] = (stamp, keys)
+    try:
+        stamp = file_stamp(path)
+        if stamp is None:
+            if os.path.lexists(path):  # a link to nothing: a secret that was not mounted
+                raise FileNotFoundError(f"{path} links to nothing")
+            return frozenset()
+        cached = _file_cache.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = _file_cache[path] = (stamp, parse_file(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError) as error:
+        log.error("the API key file %s cannot be read: %s", path, error)
+        raise KeyFileUnreadable(f"the server's API key file cannot be read ({error.__class__.__name__})") from None
+    if not cached[1]:
+        log.error("the API key file %s holds no key: remove it to open the service", path)
+        raise KeyFileUnreadable("the server's API key file holds no key")
     return cached[1]
 
 

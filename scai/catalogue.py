@@ -13,6 +13,7 @@ downloaded and says why.
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import http.client
 import os
@@ -161,13 +162,13 @@ def pull(usr_dir: Path, name: str, source: str | None = None, progress: IO[str] 
 
 
 def _check_editable(path: Path) -> None:
-    """The job kind's config must be absent or a readable UTF-8 file, or the pull would download
-    files it cannot install."""
+    """The job kind's config must be absent or a readable, well-formed UTF-8 INI file, or the
+    pull would download files it cannot install."""
     try:
-        path.read_text(encoding="utf-8")
+        configparser.ConfigParser(interpolation=None).read_string(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return
-    except (OSError, UnicodeError) as error:
+    except (OSError, UnicodeError, configparser.Error) as error:
         raise ConfigError(f"{path} cannot be read ({error}); nothing was downloaded") from None
 
 
@@ -175,7 +176,11 @@ def _location(file: File, source: str | None) -> str:
     """Where to read ``file`` from: its pinned URL, a mirror URL with its name, or a local path."""
     if not source:
         return file.url
-    if urllib.parse.urlsplit(source).scheme in ("http", "https", "file"):
+    try:
+        scheme = urllib.parse.urlsplit(source).scheme
+    except ValueError as error:
+        raise DownloadError(f"--from {source!r} is not a URL or a folder: {error}") from None
+    if scheme in ("http", "https", "file"):
         return source.rstrip("/") + "/" + file.name
     path = Path(source)
     return str((path if path.is_dir() else path.parent) / file.name)

@@ -8,6 +8,7 @@ keep the original SCAI keys, so configs written for the original service still l
 from __future__ import annotations
 
 import configparser
+import hashlib
 import importlib.util
 import os
 from collections.abc import Callable, Mapping
@@ -18,6 +19,8 @@ from typing import Any
 from scai.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The memory file system the default metrics folder lives on.
+SHARED_MEMORY = Path("/dev/shm")
 
 CLASSIFICATION = "image_classification"
 DETECTION = "object_detection"
@@ -138,7 +141,7 @@ class Settings:
         "", "SCAI_DEEPSTACK_MODEL", "detection section of /v1/vision/detection (default: coco-ssd if installed)"
     )
     metrics_dir: str = setting(
-        "", "SCAI_METRICS_DIR", "folder the processes share metrics in (default: .metrics in the session folder)"
+        "", "SCAI_METRICS_DIR", "folder the processes share metrics in (default: one in /dev/shm per session folder)"
     )
     keep_seconds: float = setting(86400.0, "SCAI_KEEP_SECONDS", "scai clean removes sessions older than this")
 
@@ -186,7 +189,15 @@ class Settings:
 
     @property
     def metrics_folder(self) -> Path:
-        return Path(self.metrics_dir) if self.metrics_dir else self.session_dir / ".metrics"
+        """``metrics_dir``, else a folder of this installation on the memory file system
+        (/dev/shm): metrics files are written through mmap, and a page of one on a full disk
+        kills the process (SIGBUS). Without /dev/shm, ``.metrics`` in the session folder."""
+        if self.metrics_dir:
+            return Path(self.metrics_dir)
+        if os.access(SHARED_MEMORY, os.W_OK):
+            digest = hashlib.sha256(str(self.session_dir).encode()).hexdigest()[:12]
+            return SHARED_MEMORY / f"scai-metrics-{os.getuid()}-{digest}"
+        return self.session_dir / ".metrics"
 
     @property
     def max_upload_bytes(self) -> int:

@@ -67,7 +67,16 @@ class Installation:
             group = self.group or grp.getgrgid(pwd.getpwnam(self.user).pw_gid).gr_name
         except KeyError:
             raise RenderError(f"no user {self.user!r} on this machine (create it first: useradd --system)") from None
-        runtime = "RuntimeDirectory=scai" if self.run_dir == SYSTEM_RUN_DIR else f"ReadWritePaths={self.run_dir}"
+        # Metrics live on a memory file system shared by every unit (written through mmap: on a
+        # full disk a process would die of SIGBUS), kept across restarts until the next boot.
+        if self.run_dir == SYSTEM_RUN_DIR:
+            metrics_dir = Path("/run/scai-metrics")
+            runtime = "RuntimeDirectory=scai scai-metrics\nRuntimeDirectoryPreserve=yes"
+            metrics_runtime = "RuntimeDirectory=scai-metrics\nRuntimeDirectoryPreserve=yes"
+        else:
+            metrics_dir = self.run_dir / "metrics"
+            runtime = f"ReadWritePaths={self.run_dir}"
+            metrics_runtime = f"ReadWritePaths=-{metrics_dir}"
         return {
             "PREFIX": str(prefix),
             "VENV": str(prefix / ".venv"),
@@ -82,6 +91,8 @@ class Installation:
             "MAX_UPLOAD_MB": str(self.max_upload_mb),
             "CONFIG_DIR": str(config_dir.resolve()),
             "RUNTIME_DIRECTORY": runtime,
+            "METRICS_DIR": str(metrics_dir),
+            "METRICS_RUNTIME_DIRECTORY": metrics_runtime,
             "WORKERS": str(self.workers),
             "PORTAL_PROCESSES": str(parse_count(self.portal_processes, "--portal-processes") or auto_processes()),
             "PORTAL_THREADS": str(PORTAL_THREADS),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from scai.errors import ImageTooLarge, InvalidImage
 
@@ -81,6 +81,16 @@ def inspect(data: bytes, max_pixels: int) -> ImageInfo:
 DRAFT_MARGIN = 2
 #: EXIF orientations that swap width and height (rotated by 90 or 270 degrees).
 TRANSPOSED = (5, 6, 7, 8)
+#: EXIF orientation -> the transpose that turns the stored pixels upright (as exif_transpose does).
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 ORIENTATION_TAG = 0x0112
 
 
@@ -97,8 +107,10 @@ def load_rgb(source: bytes | Path, max_pixels: int, fit: tuple[int, int] | None 
             width, height = (DRAFT_MARGIN * side for side in (fit[::-1] if transposed else fit))
             image.draft("RGB", (width, height))
         image.load()
-        if orientation(image) != 1:  # exif_transpose copies even an upright image
-            image = ImageOps.exif_transpose(image)
+        if (turn := orientation(image)) != 1:
+            # the transpose itself: ImageOps.exif_transpose also rewrites the EXIF, which raises
+            # on damaged EXIF that still names an orientation
+            image = image.transpose(UPRIGHT[turn])
         if fit is not None and image.mode in WIDE_MODES:
             image = _reduced(image, fit)
         return to_rgb(image)

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from scai.config import JOB_ALIASES, JOBS, Settings, load_models
+from scai.errors import StoreUnavailable
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Request latencies, and inference times (a TFLite model takes milliseconds, a TF1 detector on a
@@ -109,17 +110,24 @@ class StoreCollector:
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily
 
+        up = GaugeMetricFamily("scai_store_up", "Whether the session store answered this scrape")
         depth = GaugeMetricFamily("scai_queue_depth", "Sessions waiting for a worker", labels=["job"])
         oldest = GaugeMetricFamily(
             "scai_queue_oldest_wait_seconds", "Age of the oldest waiting session", labels=["job"]
         )
         workers = GaugeMetricFamily("scai_workers_live", "Workers with a fresh heartbeat", labels=["job"])
-        for job in JOBS:
-            if load_models(self.settings.usr_dir, job):
-                depth.add_metric([ALIAS[job]], self.store.queue_depth(job))
-                oldest.add_metric([ALIAS[job]], self.store.oldest_wait(job))
-                workers.add_metric([ALIAS[job]], self.store.live_workers(job, self.stale_seconds))
-        yield from (depth, oldest, workers)
+        try:
+            for job in JOBS:
+                if load_models(self.settings.usr_dir, job):
+                    depth.add_metric([ALIAS[job]], self.store.queue_depth(job))
+                    oldest.add_metric([ALIAS[job]], self.store.oldest_wait(job))
+                    workers.add_metric([ALIAS[job]], self.store.live_workers(job, self.stale_seconds))
+        except StoreUnavailable:  # the processes' own values are still worth a scrape
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield from (up, depth, oldest, workers)
 
 
 def render(collector: StoreCollector) -> tuple[bytes, str]:

@@ -107,3 +107,14 @@ def test_a_broken_mirror_is_one_line(tiny, tmp_path, capsys) -> None:
     assert error.startswith("scai: ") and ("cannot download" in error or "ended after 100 of" in error), error
     assert not (usr / "models").exists()
     listener.close()
+
+
+def test_a_bad_mirror_url_or_a_config_that_does_not_parse_is_one_line(tiny, tmp_path, capsys) -> None:
+    _, mirror = tiny
+    usr = tmp_path / "usr"
+    assert main(["models", "pull", "tiny", "--from", "http://[::1", "--usr", str(usr)]) == 1
+    assert "is not a URL or a folder" in capsys.readouterr().err
+    usr.mkdir(exist_ok=True)
+    (usr / f"{DETECTION}.config").write_text("[a]\nPATH_TO_CKPT = x\n[a]\nPATH_TO_CKPT = y\n", encoding="utf-8")
+    assert main(["models", "pull", "tiny", "--from", str(mirror), "--usr", str(usr)]) == 2
+    assert "cannot be read" in capsys.readouterr().err and not (usr / "models").exists()

@@ -37,7 +37,7 @@ def running_workers(settings: Settings) -> Iterator[None]:
 
 def make_settings(tmp_path, **overrides) -> Settings:
     usr = write_fake_usr(tmp_path / "usr", "default", detectors=("default", "backyard"))
-    return Settings(session_dir=tmp_path / "session", usr_dir=usr, max_wait_seconds=20, **overrides)
+    return Settings(session_dir=tmp_path / "session", usr_dir=usr, **{"max_wait_seconds": 20, **overrides})
 
 
 @pytest.fixture
@@ -196,10 +196,20 @@ def test_keys_parse_and_match() -> None:
 def test_an_unreadable_key_file_refuses_keyed_requests(tmp_path) -> None:
     settings = make_settings(tmp_path)
     client = create_app(settings).test_client()
-    (settings.usr_dir / apikeys.KEYS_FILE).write_bytes(b"\xff\xfe not utf-8\n")
-    refused = client.get("/api/v1/models", headers={"X-API-Key": "anything"})
-    assert refused.status_code == 503 and "API key file" in refused.json["message"]
+    keys = settings.usr_dir / apikeys.KEYS_FILE
+    for broken in (b"\xff\xfe not utf-8\n", b"# every line a comment\n", b""):
+        keys.write_bytes(broken)
+        refused = client.get("/api/v1/models", headers={"X-API-Key": "anything"})
+        assert refused.status_code == 503 and "API key file" in refused.json["message"], broken
     assert post(client, "/v1/vision/detection", tiny_png()).json["code"] == 503
+    keys.unlink()
+    keys.symlink_to(settings.usr_dir / "secret-not-mounted")
+    assert client.get("/api/v1/models").status_code == 503
+    keys.unlink()
+    keys.symlink_to(keys)  # a loop
+    assert client.get("/api/v1/models").status_code == 503
+    keys.unlink()
+    assert client.get("/api/v1/models").status_code == 200  # only its absence opens the service
     assert client.get("/healthz").status_code in (200, 503) and client.get("/").status_code == 200
 
 
@@ -236,3 +246,12 @@ def test_a_client_cannot_invent_metric_series(tmp_path) -> None:
         client.open("/api/v1/models", method=f"X{number}")
     scraped = client.get("/metrics").text
     assert 'method="X0"' not in scraped and 'method="other"' in scraped
+
+
+def test_a_request_no_worker_answers_in_time_is_503_and_cancelled(tmp_path) -> None:
+    from scai.sessions import SessionStore
+
+    settings = make_settings(tmp_path, max_wait_seconds=0.2)  # no worker runs
+    answer = post(create_app(settings).test_client(), "/v1/vision/detection", tiny_png())
+    assert answer.status_code == 503 and answer.json["success"] is False
+    assert SessionStore(settings.session_dir).sessions() == [], "nobody can ask for it again"

@@ -41,14 +41,16 @@ def unit(path: Path) -> configparser.ConfigParser:
 
 
 def start_as_unit(path: Path, log: Path) -> subprocess.Popen:
-    """Run a rendered unit's ExecStart in its WorkingDirectory, as systemd would."""
+    """Run a rendered unit's ExecStart in its WorkingDirectory with its Environment= lines, as
+    systemd would."""
     service = unit(path)["Service"]
+    variables = [line.split("=", 1)[1] for line in path.read_text().splitlines() if line.startswith("Environment=")]
     return subprocess.Popen(
         shlex.split(service["ExecStart"]),
         cwd=service["WorkingDirectory"],
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **dict(v.split("=", 1) for v in variables)},
     )
 
 

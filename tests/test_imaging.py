@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,23 @@ def test_exif_orientation_is_applied() -> None:
     assert upright.size == original.size
     difference = np.abs(np.asarray(upright, dtype=int) - np.asarray(original, dtype=int)).mean()
     assert difference < 8, f"not upright: mean difference {difference}"
+
+
+def test_damaged_exif_still_turns_the_photo_or_counts_as_none() -> None:
+    """An orientation next to a tag of the wrong type (Pillow's exif_transpose raised rewriting
+    it), and EXIF that is not TIFF data at all: decoded, never an exception."""
+    ifd = [(0x0112, 3, 1, struct.pack("<HH", 6, 0)), (0x011A, 2, 3, b"ab\x00\x00")]
+    exif = b"II*\x00" + struct.pack("<IH", 8, len(ifd))
+    exif += b"".join(struct.pack("<HHI", *entry[:3]) + entry[3] for entry in ifd) + struct.pack("<I", 0)
+    turned = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(turned, "JPEG", exif=b"Exif\x00\x00" + exif)
+    assert imaging.load_rgb(turned.getvalue(), LIMIT).size == (48, 64)
+    assert imaging.geometry(turned.getvalue(), LIMIT) == (48, 64, 6)
+    for fmt in ("PNG", "WEBP"):
+        garbled = io.BytesIO()
+        Image.new("RGB", (64, 48)).save(garbled, fmt, exif=b"Exif\x00\x00garbage, not TIFF")
+        assert imaging.load_rgb(garbled.getvalue(), LIMIT).size == (64, 48)
+        assert imaging.geometry(garbled.getvalue(), LIMIT) == (64, 48, 1)
 
 
 @needs_assets

@@ -116,3 +116,17 @@ def _is_worker_of(pid: int, server: Server) -> bool:
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return False
     return parent == server.process.pid and b"worker" in command
+
+
+def test_a_store_that_does_not_answer_loses_only_its_gauges(tmp_path) -> None:
+    from conftest import free_port
+    from fakes import write_fake_usr
+
+    from scai.config import Settings
+    from scai.portal import create_app
+
+    settings = Settings(session_dir=tmp_path / "s", usr_dir=write_fake_usr(tmp_path / "usr"))
+    settings.store = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    scraped = create_app(settings).test_client().get("/metrics")
+    assert scraped.status_code == 200
+    assert value(samples(scraped.text), "scai_store_up") == 0 and "scai_http_requests" in scraped.text

@@ -89,6 +89,7 @@ def _run(job: str, model: str, options: dict[str, Any]) -> tuple[dict[str, Any],
     if state.get("state") == FAILURE:
         abort(400, str(state.get("message") or "the image could not be processed"))
     if state.get("state") != COMPLETE:
+        store().remove(created["sessname"])  # cancelled unless a worker has it: nobody can ask again
         abort(503, f"no answer within {settings().max_wait_seconds:g} s: the workers are busy or down")
     return state, (time.monotonic() - started) * 1000
 

@@ -96,10 +96,10 @@ class RedisBlobs:
         """Stored with the session's lifetime; ``pipe``: inside the transaction that creates it."""
         (pipe or self.redis).set(self.key(session, name), data, ex=self.keep)
 
-    def delete_all(self, session: str) -> None:
-        keys = list(self.redis.scan_iter(match=self.key(session, "*")))
-        if keys:
-            self.redis.delete(*keys)
+    def delete(self, session: str, names: list[str]) -> None:
+        """Delete the session's named files (the names its state records: no scan of the keyspace)."""
+        if names:
+            self.redis.delete(*(self.key(session, name) for name in names))
 
 
 #: A wait looks at its session again at least this often, should a message have been lost while
@@ -457,7 +457,8 @@ class RedisStore:
             return True
         if state.get("state") == PROCESSING:
             return False
-        self._run(self.blobs.delete_all, self._session(session_id))
+        names = [str(state[field]) for field in ("input", "result_image") if state.get(field)]
+        self._run(self.blobs.delete, self._session(session_id), names)
         self._run(self.redis.delete, self._session(session_id))
         return True
 
