@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from scai.errors import ConfigError
+from scai.errors import BrokenConfig, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The memory file system the default metrics folder lives on.
@@ -356,7 +356,11 @@ def load_models(usr_dir: Path, job: str) -> dict[str, ModelSpec]:
     cached = _parsed.get(path)
     if cached is None or cached[0] != stamp:
         parser = configparser.ConfigParser(interpolation=None, default_section="__defaults__")
-        parser.read(path, encoding="utf-8")
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeError, OSError) as error:
+            detail = str(error).splitlines()[0].split("]: ", 1)[-1]  # no server path: clients see it
+            raise BrokenConfig(f"the model config {path.name} cannot be read: {detail}") from None
         models = {name: spec_from_section(name, job, parser[name], path.parent) for name in parser.sections()}
         _parsed[path] = cached = (stamp, models)
     return dict(cached[1])

@@ -46,6 +46,12 @@ class KeyFileUnreadable(ScaiError):
     http_status = 503
 
 
+class BrokenConfig(ConfigError):
+    """A model config file that cannot be parsed: the server's fault, not the request's (503)."""
+
+    http_status = 503
+
+
 class SessionNotFound(ScaiError):
     """No session with that id exists (or it was cleaned away)."""
 

@@ -123,3 +123,14 @@ def test_settings_that_would_break_a_worker_are_refused() -> None:
     for variable, value in [("SCAI_RESCAN_SECONDS", "0"), ("SCAI_RESCAN_SECONDS", "nan"), ("SCAI_QUEUE_LIMIT", "-1")]:
         with pytest.raises(ConfigError):
             Settings.from_env({variable: value})
+
+
+def test_a_model_config_that_does_not_parse_is_503_without_server_paths(client, settings, capsys) -> None:
+    from scai.cli import main
+
+    (settings.usr_dir / "image_classification.config").write_text("[a]\nGRAPH = x\n[a]\nGRAPH = y\n", encoding="utf-8")
+    for answer in (upload(client, tiny_png()), client.get("/api/v1/models"), client.get("/healthz")):
+        assert answer.status_code == 503 and "section 'a' already exists" in answer.json["message"]
+        assert str(settings.usr_dir) not in answer.text
+    assert main(["classify", "x.png", "--usr", str(settings.usr_dir)]) == 2  # restarting will not help
+    assert "image_classification.config cannot be read" in capsys.readouterr().err
