@@ -10,6 +10,9 @@ free port), in one run:
     round trip, one at a time;
   * burst: ``--burst`` sessions are queued first, then one worker process drains them, taking up
     to 8 at a time: items a second.
+The worker reads each session's state and upload as the real one does: with the Redis store, from
+what its claim read in the same round trip; "reads per call" is the same store read one call at
+a time (as before the claim read them), for comparison.
 Compare the two stores within one run: the machine is shared.
 """
 
@@ -57,8 +60,10 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("redis-server did not answer")
 
 
-def worker(settings: Settings, stop_after: int, ready: mp.Event) -> None:
-    """Take and finish sessions until ``stop_after`` are done (burst) or forever (hand-off)."""
+def worker(settings: Settings, stop_after: int, ready: mp.Event, per_call: bool = False) -> None:
+    """Take sessions, read each one's state and upload as the Worker does, and finish them,
+    until ``stop_after`` are done (burst) or forever (hand-off). ``per_call``: read them with
+    ``state`` and ``read_blob`` instead of what the claim read (the Redis store before it did)."""
     store = open_store(settings)
     done = 0
     with store.queue(CLASSIFICATION) as queue:
@@ -66,14 +71,20 @@ def worker(settings: Settings, stop_after: int, ready: mp.Event) -> None:
         ready.set()
         while stop_after <= 0 or done < stop_after:
             for claim in queue.take(8, 1.0):
-                store.finish(claim, DONE)
+                if per_call:
+                    state = store.state(claim.session_id)
+                    store.read_blob(claim.session_id, state["input"])
+                else:
+                    state = store.claimed_state(claim)
+                    store.claimed_upload(claim, state["input"])
+                store.finish(claim, DONE, state)
                 done += 1
 
 
-def handoffs(settings: Settings, count: int, blob: bytes) -> list[float]:
+def handoffs(settings: Settings, count: int, blob: bytes, per_call: bool) -> list[float]:
     store = open_store(settings)
     ready = mp.Event()
-    process = mp.Process(target=worker, args=(settings, 0, ready), daemon=True)
+    process = mp.Process(target=worker, args=(settings, 0, ready, per_call), daemon=True)
     process.start()
     ready.wait(30)
     times = []
@@ -90,13 +101,13 @@ def handoffs(settings: Settings, count: int, blob: bytes) -> list[float]:
     return times
 
 
-def burst(settings: Settings, count: int, blob: bytes) -> float:
+def burst(settings: Settings, count: int, blob: bytes, per_call: bool) -> float:
     store = open_store(settings)
     for _ in range(count):
         store.create(CLASSIFICATION, "default", blob, "jpg", "a.jpg")
     ready = mp.Event()
     started = time.perf_counter()
-    process = mp.Process(target=worker, args=(settings, count, ready))
+    process = mp.Process(target=worker, args=(settings, count, ready, per_call))
     process.start()
     process.join()
     return count / (time.perf_counter() - started)
@@ -113,21 +124,22 @@ def main() -> None:
         tmp = Path(folder)
         server, url = start_redis(tmp)
         try:
-            for name, store in (("folder", ""), ("redis", url)):
+            rows = (("folder", "", False), ("redis", url, False), ("redis, reads per call", url, True))
+            for name, store, per_call in rows:
                 for phase in ("handoff", "burst"):  # a fresh store for each phase
-                    settings = Settings(session_dir=tmp / name / phase, store=store)
+                    settings = Settings(session_dir=tmp / name.replace(", ", "-") / phase, store=store)
                     if store:
                         import redis
 
                         redis.Redis.from_url(store).flushdb()
                     if phase == "handoff":
-                        times = sorted(handoffs(settings, args.handoffs, blob))
+                        times = sorted(handoffs(settings, args.handoffs, blob, per_call))
                         p95 = times[int(len(times) * 0.95)]
-                        print(f"{name:7} hand-off: median {statistics.median(times):.2f} ms, p95 {p95:.2f} ms "
+                        print(f"{name:22} hand-off: median {statistics.median(times):.2f} ms, p95 {p95:.2f} ms "
                               f"({len(times)} round trips, {args.blob_kb} KB blobs)", flush=True)  # fmt: skip
                     else:
-                        rate = burst(settings, args.burst, blob)
-                        print(f"{name:7} burst of {args.burst}: {rate:,.0f} items/s through one worker", flush=True)
+                        rate = burst(settings, args.burst, blob, per_call)
+                        print(f"{name:22} burst of {args.burst}: {rate:,.0f} items/s through one worker", flush=True)
         finally:
             server.terminate()
             server.wait()

@@ -349,6 +349,14 @@ class SessionStore:
         self.drop(claim)
         return written
 
+    def claimed_state(self, claim: Claim) -> dict[str, Any]:
+        """A claimed session's state (the Redis store reads it with the claim)."""
+        return self.state(claim.session_id)
+
+    def claimed_upload(self, claim: Claim, name: str) -> bytes:
+        """A claimed session's upload (the Redis store reads it with the claim)."""
+        return self.read_blob(claim.session_id, name)
+
     def completions(self, session_id: str) -> int:
         """How often a final state was written: 1 for every session, or exactly-once failed."""
         return int(self.state(session_id).get("completions", 0))

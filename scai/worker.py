@@ -139,7 +139,7 @@ class Worker:
     def _open(self, claim: Claim) -> dict[str, Any] | None:
         """The claimed session's state, or None (and the claim let go) if it needs no more work."""
         try:
-            state = self.store.state(claim.session_id)
+            state = self.store.claimed_state(claim)
         except SessionNotFound:
             return self._vanished(claim)
         except StoreUnavailable:
@@ -162,7 +162,7 @@ class Worker:
         """The session's image decoded for this engine, or None (the session failed) if it cannot be."""
         fit = getattr(engine, "input_size", None) if self.settings.draft_decode else None
         try:
-            source = self.store.read_blob(claim.session_id, str(state.get("input")))
+            source = self.store.claimed_upload(claim, str(state.get("input")))
             image = engine.shrink(imaging.load_rgb(source, self.settings.max_pixels, fit[::-1] if fit else None))
         except SessionNotFound:
             return self._vanished(claim)

@@ -38,6 +38,10 @@ def test_create_claim_finish(make_store) -> None:
     assert portal.read_blob(session_id, "input.png") == b"\x89PNG photo" and portal.queue_depth(JOB) == 1
     (claim,) = worker.claim(JOB, 8)
     assert claim.session_id == session_id and portal.state(session_id)["state"] == PROCESSING
+    # the claim's round trip read the state and the upload too; the upload is handed over once
+    assert worker.claimed_state(claim) == portal.state(session_id)
+    assert worker.claimed_upload(claim, "input.png") == b"\x89PNG photo" and claim.upload is None
+    assert worker.claimed_upload(claim, "input.png") == b"\x89PNG photo"  # read again when asked again
     assert portal.queue_depth(JOB) == 0 and portal.pending_claims(JOB) == 1
     assert worker.finish(claim, {"state": COMPLETE, "message": "complete", "result": {"cat": "99.0%"}})
     done = portal.state(session_id)
@@ -52,6 +56,7 @@ def test_a_worker_that_lost_its_entry_cannot_complete_it(make_store) -> None:
     (old,) = stalled.claim(JOB, 1)
     (taken,) = rescuer.recover(JOB)
     assert taken.session_id == session_id and taken.deliveries == 2
+    assert taken.state is None and rescuer.claimed_state(taken)["state"] == PROCESSING  # read when needed
     assert not stalled.finish(old, {"state": COMPLETE, "message": "late"}), "fenced off: nothing written"
     assert portal.state(session_id)["state"] == PROCESSING
     assert rescuer.finish(taken, {"state": COMPLETE, "message": "complete"})

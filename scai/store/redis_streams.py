@@ -89,8 +89,9 @@ class RedisBlobs:
     def key(session: str, name: str) -> str:
         return f"{session}:blob:{name}"
 
-    def get(self, session: str, name: str) -> bytes | None:
-        return self.redis.get(self.key(session, name))
+    def get(self, session: str, name: str, pipe: Any = None) -> bytes | None:
+        """The file's bytes (None if absent); ``pipe``: queued in the claim's round trip."""
+        return (pipe or self.redis).get(self.key(session, name))
 
     def put(self, session: str, name: str, data: bytes, pipe: Any = None) -> None:
         """Stored with the session's lifetime; ``pipe``: inside the transaction that creates it."""
@@ -163,24 +164,34 @@ class SessionEvents:
             event.set()
 
 
-#: KEYS: session hash, events channel. Marks a session taken (never recreating an expired one).
+#: KEYS: session hash, events channel. Marks a session taken (never recreating an expired one)
+#: and returns its state JSON (nil if it is gone), saving the worker a round trip to read it.
 MARK = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local state = redis.call('HGET', KEYS[1], 'state')
+if state then
     redis.call('HSET', KEYS[1], 'phase', 'processing')
     redis.call('PUBLISH', KEYS[2], 'processing')
 end
-return 1
+return state
 """
 
 
 @dataclass
 class StreamClaim:
-    """A session a worker took from its job's stream."""
+    """A session a worker took from its job's stream, with its state and upload as they were
+    read in the claim's round trip (None: read them when needed, as after a recovery)."""
 
     job: str
     session_id: str
     entry: str
     deliveries: int = 1
+    input: str | None = None
+    state: dict[str, Any] | None = None
+    upload: bytes | None = None
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
 
 
 def consumer_name() -> str:
@@ -244,7 +255,7 @@ class RedisStore:
             pipe.hset(self._session(session_id), mapping={"state": json_bytes(state), "completions": 0})
             pipe.expire(self._session(session_id), self.keep)
             self.blobs.put(self._session(session_id), state["input"], image, pipe)
-            pipe.xadd(self._pool(job), {"id": session_id})
+            pipe.xadd(self._pool(job), {"id": session_id, "input": state["input"]})
             self._run(pipe.execute)
         return session_id, key
 
@@ -308,7 +319,7 @@ class RedisStore:
         block = max(1, math.ceil(block_seconds * 1000)) if block_seconds > 0 else None  # BLOCK 0 is forever
         reply = self._run(self.redis.xreadgroup, GROUP, self.consumer, {self._pool(job): ">"}, limit, block)
         claims = [
-            StreamClaim(job, fields[b"id"].decode(), entry.decode())
+            StreamClaim(job, fields[b"id"].decode(), entry.decode(), input=_text(fields.get(b"input")))
             for _, entries in reply or []
             for entry, fields in entries
         ]
@@ -317,11 +328,29 @@ class RedisStore:
         return claims
 
     def mark_processing(self, claims: list[StreamClaim]) -> None:
-        """Say that these sessions are being worked on, in one round trip for the batch."""
+        """Say that these sessions are being worked on, and read their states and uploads, in one
+        round trip for the batch."""
         with self.redis.pipeline(transaction=False) as pipe:
             for claim in claims:
                 self._mark(keys=[self._session(claim.session_id), self._events(claim.session_id)], client=pipe)
-            self._run(pipe.execute)
+                if claim.input:
+                    self.blobs.get(self._session(claim.session_id), claim.input, pipe)
+            replies = iter(self._run(pipe.execute))
+        for claim in claims:
+            raw, claim.upload = next(replies), next(replies) if claim.input else None
+            if raw is not None:
+                claim.state = json.loads(raw)
+                if claim.state.get("state") == INITIALIZATION:
+                    claim.state.update(state=PROCESSING, message="processing")
+
+    def claimed_state(self, claim: StreamClaim) -> dict[str, Any]:
+        """A claimed session's state: as the claim read it, else read now."""
+        return claim.state if claim.state is not None else self.state(claim.session_id)
+
+    def claimed_upload(self, claim: StreamClaim, name: str) -> bytes:
+        """A claimed session's upload: as the claim read it (handed over once), else read now."""
+        upload, claim.upload = claim.upload, None
+        return upload if upload is not None and name == claim.input else self.read_blob(claim.session_id, name)
 
     def finish(self, claim: StreamClaim, fields: dict[str, Any], known: dict[str, Any] | None = None) -> bool:
         """Write the session's final ``fields`` and drop its entry, if this worker still owns
