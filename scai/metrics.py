@@ -41,6 +41,17 @@ def enable(settings: Settings) -> None:
         os.environ[ENV] = str(settings.metrics_folder)
 
 
+def identify(name: str) -> None:
+    """Name this process's value files ``name`` instead of its pid: a job-mode process by the
+    slot it holds, so that the files stay as many as the slots rather than one set per process.
+    Only a name no other running process has (the slot's lock makes sure), and only before the
+    first value is recorded."""
+    if ENV in os.environ and not _created:
+        from prometheus_client import values
+
+        values.ValueClass = values.MultiProcessValue(process_identifier=lambda: name)
+
+
 def reset(folder: Path) -> None:
     """Remove the last run's value files before a new set of processes starts (they would add
     up). Only prometheus_client's ``*.db`` files: ``SCAI_METRICS_DIR`` may name a folder that

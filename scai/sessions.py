@@ -316,13 +316,13 @@ class SessionStore:
             raise
         return Claim(job, session_id, target, fd)
 
-    def take_slot(self, job: str, slots: int) -> int | None:
-        """Job mode's bound on processes: lock one of ``slots`` slot files of ``job`` and return
-        its descriptor (the slot is held until it is closed, or the process dies), or None when
-        every slot is held."""
+    def take_slot(self, job: str, slots: int, only: int | None = None) -> int | None:
+        """Job mode's bound on processes: lock one of ``slots`` slot files of ``job`` (or slot
+        ``only``) and return its descriptor (the slot is held until it is closed, or the process
+        dies), or None when every slot is held."""
         folder = self.pool(job) / SLOTS
         folder.mkdir(parents=True, exist_ok=True)
-        for number in range(slots):
+        for number in range(slots) if only is None else (only,):
             fd = os.open(folder / str(number), os.O_RDONLY | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -330,6 +330,19 @@ class SessionStore:
             except BlockingIOError:
                 os.close(fd)
         return None
+
+    @staticmethod
+    def slot_number(fd: int) -> int | None:
+        """Which slot a descriptor from ``take_slot`` (or handed over by the portal) locks."""
+        try:
+            return int(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        except (OSError, ValueError):
+            return None
+
+    def slot_owner_tag(self) -> str:
+        """Short and the same for every process on this session folder: slot numbers are only
+        exclusive within one folder, and several may share a metrics folder."""
+        return hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
 
     def drop(self, claim: Claim) -> None:
         """Drop a marker whose session needs no more work, then let go of its lock."""

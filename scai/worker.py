@@ -291,13 +291,17 @@ class Worker:
         if session_id is None:
             taken = 0
             slot = held if held is not None else self.store.take_slot(self.job, slots)
+            number = self.store.slot_number(slot) if slot is not None else None
+            if number is not None:  # this process's metric files are the slot's, not the pid's
+                metrics.identify(f"{self.job}-slot{number}-{self.store.slot_owner_tag()}")
             while slot is not None:
                 try:
                     self.store.recover(self.job)  # claims of a job process that died, or could not write
                     taken += self.drain()
                 finally:
                     os.close(slot)
-                slot = self.store.take_slot(self.job, slots) if self.store.pending(self.job) else None
+                # only its own slot again: its metric files may only be written by that slot's holder
+                slot = self.store.take_slot(self.job, slots, only=number) if self.store.pending(self.job) else None
             return taken
         claim = self.store.claim(self.job, session_id)
         if claim is None:

@@ -130,3 +130,26 @@ def test_a_store_that_does_not_answer_loses_only_its_gauges(tmp_path) -> None:
     scraped = create_app(settings).test_client().get("/metrics")
     assert scraped.status_code == 200
     assert value(samples(scraped.text), "scai_store_up") == 0 and "scai_http_requests" in scraped.text
+
+
+@needs_assets
+@pytest.mark.slow
+def test_job_mode_processes_share_their_slot_files(tmp_path: Path) -> None:
+    """Each job-mode process records into the files of the slot it holds: the folder does not
+    grow with every upload, and the counts of processes that ended stay."""
+    usr = write_usr(tmp_path / "usr")
+    metrics_dir = tmp_path / "metrics"
+    server = Server(tmp_path / "session", usr, tmp_path / "serve.log", "--runningmode", "job", "--workers", "1",
+                    env={"SCAI_METRICS_DIR": str(metrics_dir)})  # fmt: skip
+    try:
+        photo = (IMAGES / "parrot.jpg").read_bytes()
+        for _ in range(6):
+            assert server.classify(photo, wait=60).status_code == 200
+        owners = {f.stem.split("_", 1)[1] for f in metrics_dir.glob("*.db")}
+        by_pid = {owner for owner in owners if owner.isdigit()}
+        assert all(Path(f"/proc/{pid}").exists() for pid in by_pid), "only live processes (uwsgi's) own files by pid"
+        assert [owner for owner in owners if "slot0" in owner], "the job processes' files are the slot's"
+        scraped = samples(requests.get(f"{server.url}/metrics", timeout=10).text)
+        assert value(scraped, "scai_sessions_total", job="classify", model="default", state="complete") == 6
+    finally:
+        server.stop()
