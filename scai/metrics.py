@@ -15,6 +15,7 @@ read from the session store at scrape time: they are the store's facts, not a pr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -39,6 +40,14 @@ def enable(settings: Settings) -> None:
     if ENV not in os.environ:
         settings.metrics_folder.mkdir(parents=True, exist_ok=True)
         os.environ[ENV] = str(settings.metrics_folder)
+
+
+def discard(folder: Path) -> None:
+    """After a run: its value files, and the folder if nothing else is left in it (the default
+    one is on a memory file system, one per session folder)."""
+    reset(folder)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def identify(name: str) -> None:

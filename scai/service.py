@@ -64,7 +64,10 @@ def serve(settings: Settings, host: str, port: int, portal_only: bool = False) -
     workers = ", ".join(child.name for child in children[1:]) or "none here"
     log.info("SCAI on http://%s:%d (%s mode, sessions in %s; workers: %s)",
              host, port, settings.running_mode, settings.session_dir, workers)  # fmt: skip
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    finally:
+        metrics.discard(settings.metrics_folder)  # this run's values go with it, as they came
 
 
 def configured_jobs(settings: Settings) -> list[str]:
