@@ -14,6 +14,8 @@ What a passing run proves (exit status 0):
     per session, and none appears twice, though killed workers' claims go back to the pool;
   * ``scai clean`` run as cron would (every ``--clean-every`` s) never removes a session a
     client still waits for: a client's longest wait is kept ``KEEP_MARGIN`` s under ``--keep``;
+  * every request of the ``--deepstack-clients`` cameras on the DeepStack routes is answered 200
+    (bar the queue-full refusal), however the workers are killed meanwhile;
   * every scan bomb (a progressive JPEG of 100,000 scans, which once kept a worker busy for
     minutes) is refused with a JSON 4xx, or ends as a failed session soon;
   * no worker dies but by the killer's hand (a crash shows as a restart the killer did not
@@ -440,7 +442,9 @@ class Recorder:
         self.lock = threading.Lock()
         self.uploads: list[Upload] = []
         self.bombs: list[Upload] = []
-        self.statuses: dict[str, Counter] = {"POST": Counter(), "GET": Counter()}
+        self.statuses: dict[str, Counter] = {"POST": Counter(), "GET": Counter(), "DEEPSTACK": Counter()}
+        self.deepstack_seconds: list[float] = []  # each answered DeepStack request, send to answer
+        self.deepstack_refused = 0  # 503 with Retry-After (the queue was full)
 
     def status(self, method: str, code: int | str) -> None:
         with self.lock:
@@ -449,6 +453,39 @@ class Recorder:
     def add(self, upload: Upload, bomb: bool = False) -> None:
         with self.lock:
             (self.bombs if bomb else self.uploads).append(upload)
+
+
+class DeepStackClient:
+    """A camera as Frigate or Home Assistant drive one: ``/v1/vision/detection`` and
+    ``/v1/vision/scene`` in turn, the photo in the field ``image``, answered synchronously (the
+    server removes the session once answered: there is nothing to follow)."""
+
+    def __init__(self, number: int, server: Server, photos: list[tuple[str, bytes]], recorder: Recorder) -> None:
+        self.number, self.server, self.photos, self.recorder = number, server, photos, recorder
+        self.http = requests.Session()
+
+    def run(self, stop: threading.Event) -> None:
+        sent = 0
+        while not stop.is_set():
+            _, data = self.photos[(self.number + sent) % len(self.photos)]
+            route = "/v1/vision/scene" if sent % 2 else "/v1/vision/detection"
+            started = time.monotonic()
+            try:
+                answer = self.http.post(self.server.url(route), files={"image": data}, timeout=(10, 90))
+            except requests.RequestException:
+                self.recorder.status("DEEPSTACK", "transport error")
+                stop.wait(1.0)
+                continue
+            self.recorder.status("DEEPSTACK", answer.status_code)
+            if answer.status_code == 503 and "Retry-After" in answer.headers:
+                with self.recorder.lock:
+                    self.recorder.deepstack_refused += 1
+                stop.wait(float(answer.headers["Retry-After"]))
+                continue
+            if answer.status_code == 200 and answer.json().get("success") is True:
+                with self.recorder.lock:
+                    self.recorder.deepstack_seconds.append(time.monotonic() - started)
+            sent += 1
 
 
 def client_deadline(keep: float) -> float:
@@ -841,14 +878,15 @@ def bomb_report(bombs: list[Upload], facts: LogFacts) -> dict[str, Any]:
 
 
 def http_report(recorder: Recorder) -> dict[str, Any]:
-    merged = recorder.statuses["POST"] + recorder.statuses["GET"]
+    merged = recorder.statuses["POST"] + recorder.statuses["GET"] + recorder.statuses["DEEPSTACK"]
     five = {code: n for code, n in merged.items() if code.startswith("5")}
-    refused = sum(u.refused for u in recorder.uploads + recorder.bombs)
+    refused = sum(u.refused for u in recorder.uploads + recorder.bombs) + recorder.deepstack_refused
     return {
         "requests": sum(merged.values()),
         "by_status": dict(sorted(merged.items())),
         "post_by_status": dict(sorted(recorder.statuses["POST"].items())),
         "get_by_status": dict(sorted(recorder.statuses["GET"].items())),
+        "deepstack_by_status": dict(sorted(recorder.statuses["DEEPSTACK"].items())),
         "refused_503_retry_after": refused,
         "5xx_other_than_refusals": {
             code: left for code, n in five.items() if (left := n - (refused if code == "503" else 0))
@@ -857,10 +895,13 @@ def http_report(recorder: Recorder) -> dict[str, Any]:
     }
 
 
-def latency_report(uploads: list[Upload]) -> dict[str, Any]:
+def latency_report(uploads: list[Upload], deepstack: list[float]) -> dict[str, Any]:
     report = {}
-    for task in ("classify", "detect"):
-        times = sorted(u.seconds for u in uploads if u.task == task and u.seconds is not None)
+    for task in ("classify", "detect", "deepstack"):
+        if task == "deepstack":
+            times = sorted(round(t, 3) for t in deepstack)
+        else:
+            times = sorted(u.seconds for u in uploads if u.task == task and u.seconds is not None)
         if times:
             report[task] = {
                 "answered": len(times),
@@ -907,6 +948,8 @@ class Run:
             Client(i, self.server, photos, self.recorder, self.clock, self.deadline) for i in range(self.args.clients)
         ]
         loaders = [thread(c.run, load) for c in clients]
+        cameras = [DeepStackClient(i, self.server, photos, self.recorder) for i in range(self.args.deepstack_clients)]
+        loaders += [thread(c.run, load) for c in cameras]
         loaders.append(
             thread(bomb_loop, self.server, self.recorder, self.clock, self.args.bomb_every, self.deadline, load)
         )
@@ -961,7 +1004,7 @@ def report(run: Run, ended: dict[str, Any], stopped: dict[str, Any], restart_rul
         "client_deadline_s": run.deadline,
         "run": ended,
         "http": http,
-        "latency": latency_report(run.recorder.uploads),
+        "latency": latency_report(run.recorder.uploads, run.recorder.deepstack_seconds),
         "sessions": sessions,
         "workers": {
             "give_up_rule": restart_rule,
@@ -982,8 +1025,11 @@ def report(run: Run, ended: dict[str, Any], stopped: dict[str, Any], restart_rul
         "uwsgi_5xx_lines": facts.uwsgi_5xx[:20],
         "stop": stopped,
     }
+    deepstack = http["deepstack_by_status"]
     result["goals"] = {
         "no_5xx": not any(http["5xx_other_than_refusals"].values()) and not facts.uwsgi_5xx,
+        "deepstack_all_answered": set(deepstack) <= {"200", "503"}
+        and deepstack.get("503", 0) == run.recorder.deepstack_refused,
         "no_transport_errors": http["transport_errors"] == 0,
         "no_lost_sessions": not sessions["lost"],
         "no_duplicate_completions": not sessions["completed_more_than_once"],
@@ -1059,6 +1105,9 @@ def print_summary(result: dict[str, Any]) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    parser.add_argument(
+        "--deepstack-clients", type=int, default=2, help="cameras on the DeepStack routes besides them (default 2)"
+    )
     parser.add_argument("--seconds", type=float, default=600.0, help="how long the load runs (default 600)")
     parser.add_argument("--kill-every", type=float, default=4.0, help="seconds between worker kills (default 4)")
     parser.add_argument("--bomb-every", type=float, default=60.0, help="seconds between scan bombs (default 60)")

@@ -25,7 +25,11 @@ def clean(root: Path, keep_seconds: float) -> tuple[list[str], int]:
             keep = keep_seconds
         except (SessionNotFound, ValueError):
             state, keep = {}, max(keep_seconds, UNFINISHED_GRACE_SECONDS)  # judged by the folder's age
-        if age_seconds(state, folder) < keep or state.get("state") == PROCESSING:
+        try:
+            age = age_seconds(state, folder)
+        except FileNotFoundError:
+            continue  # removed meanwhile (an answered DeepStack request, another cleaner)
+        if age < keep or state.get("state") == PROCESSING:
             kept += 1
         elif store.remove(session_id):
             removed.append(session_id)

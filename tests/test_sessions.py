@@ -129,6 +129,24 @@ def test_clean_removes_old_sessions_with_markers_but_not_busy_ones(tmp_path: Pat
     store.drop(claim)
 
 
+def test_clean_goes_on_past_a_session_removed_while_it_runs(tmp_path: Path, monkeypatch) -> None:
+    """An answered DeepStack request's session is removed by the portal at any moment: a clean
+    that listed it must skip it, not stop (found by the soak: 'No such file or directory')."""
+    store = SessionStore(tmp_path)
+    vanishing, old = (make_session(store)[0] for _ in range(2))
+    age(store, old, 7200)
+    real_state = SessionStore.state
+
+    def state(self: SessionStore, session_id: str) -> dict:
+        if session_id == vanishing:
+            store.remove(session_id)  # gone between the listing and this read
+        return real_state(self, session_id)
+
+    monkeypatch.setattr(SessionStore, "state", state)
+    removed, kept = clean(tmp_path, 3600)
+    assert removed == [old] and kept == 0
+
+
 def test_clean_py_is_an_executable_script(tmp_path: Path) -> None:
     store = SessionStore(tmp_path)
     old, fresh = make_session(store)[0], make_session(store)[0]
