@@ -15,7 +15,6 @@ read from the session store at scrape time: they are the store's facts, not a pr
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from pathlib import Path
@@ -42,14 +41,6 @@ def enable(settings: Settings) -> None:
         os.environ[ENV] = str(settings.metrics_folder)
 
 
-def discard(folder: Path) -> None:
-    """After a run: its value files, and the folder if nothing else is left in it (the default
-    one is on a memory file system, one per session folder)."""
-    reset(folder)
-    with contextlib.suppress(OSError):
-        folder.rmdir()
-
-
 def identify(name: str) -> None:
     """Name this process's value files ``name`` instead of its pid: a job-mode process by the
     slot it holds, so that the files stay as many as the slots rather than one set per process.
@@ -62,9 +53,10 @@ def identify(name: str) -> None:
 
 
 def reset(folder: Path) -> None:
-    """Remove the last run's value files before a new set of processes starts (they would add
-    up). Only prometheus_client's ``*.db`` files: ``SCAI_METRICS_DIR`` may name a folder that
-    holds other things."""
+    """Remove a run's value files: before a new set of processes starts (they would add up), and
+    when it ends. Only prometheus_client's ``*.db`` files (``SCAI_METRICS_DIR`` may name a folder
+    that holds other things), and never the folder: a job-mode worker the portal started may
+    still be finishing, and it must be able to make a file there."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):
         stale.unlink(missing_ok=True)

@@ -67,7 +67,7 @@ def serve(settings: Settings, host: str, port: int, portal_only: bool = False) -
     try:
         return supervisor.run()
     finally:
-        metrics.discard(settings.metrics_folder)  # this run's values go with it, as they came
+        metrics.reset(settings.metrics_folder)  # this run's values go with it, as they came
 
 
 def configured_jobs(settings: Settings) -> list[str]:

@@ -160,3 +160,23 @@ def test_dead_workers_are_forgotten(make_store, monkeypatch) -> None:
     make_store("rescuer").recover(JOB)
     names = [c["name"] for c in portal.redis.xinfo_consumers(portal._pool(JOB), "workers")]
     assert b"w1" not in names
+
+
+def test_an_unreadable_state_fails_its_session_not_the_batch(make_store, tmp_path) -> None:
+    """A claim reads the states of its batch; one that does not parse is read again by the worker,
+    which fails that session alone (the worker's guarantee), and the others complete."""
+    from fakes import FakeTask, tiny_png, write_fake_usr
+
+    from scai.config import Settings
+    from scai.worker import Worker
+
+    portal = make_store("portal")
+    ids = [portal.create(JOB, "default", tiny_png((i, 2, 3)), "png", "a.png")[0] for i in range(3)]
+    portal.redis.hset(portal._session(ids[1]), "state", b"{not json")
+    settings = Settings(session_dir=tmp_path / "s", usr_dir=write_fake_usr(tmp_path / "usr"))
+    worker = Worker(settings, JOB, task=FakeTask(), store=make_store("w1"))
+    worker.engine("default")  # a batching model: the three are claimed together
+    assert worker.drain() == 3
+    assert [portal.state(i)["state"] for i in ids] == [COMPLETE, FAILURE, COMPLETE]
+    assert portal.state(ids[1])["message"].startswith("internal error: unreadable session state")
+    assert portal.pending_claims(JOB) == 0

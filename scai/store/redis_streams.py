@@ -190,6 +190,15 @@ class StreamClaim:
     upload: bytes | None = None
 
 
+def _as_state(raw: bytes, processing: bool) -> dict[str, Any]:
+    """process.json's fields from the session hash; a waiting session a worker has taken
+    (``processing``) reads as processing."""
+    state = json.loads(raw)
+    if processing and state.get("state") == INITIALIZATION:
+        state.update(state=PROCESSING, message="processing")
+    return state
+
+
 def _text(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
@@ -265,10 +274,7 @@ class RedisStore:
         raw, phase = self._run(self.redis.hmget, self._session(session_id), ["state", "phase"])
         if raw is None:
             raise SessionNotFound(session_id)
-        state = json.loads(raw)
-        if phase == b"processing" and state.get("state") == INITIALIZATION:
-            state.update(state=PROCESSING, message="processing")
-        return state
+        return _as_state(raw, processing=phase == b"processing")
 
     def read_blob(self, session_id: str, name: str) -> bytes:
         data = self._run(self.blobs.get, self._session(session_id), name)
@@ -338,10 +344,10 @@ class RedisStore:
             replies = iter(self._run(pipe.execute))
         for claim in claims:
             raw, claim.upload = next(replies), next(replies) if claim.input else None
-            if raw is not None:
-                claim.state = json.loads(raw)
-                if claim.state.get("state") == INITIALIZATION:
-                    claim.state.update(state=PROCESSING, message="processing")
+            try:
+                claim.state = _as_state(raw, processing=True) if raw is not None else None
+            except (ValueError, TypeError, AttributeError):  # read again by the worker, which fails it alone
+                claim.state = None
 
     def claimed_state(self, claim: StreamClaim) -> dict[str, Any]:
         """A claimed session's state: as the claim read it, else read now."""
