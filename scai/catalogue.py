@@ -114,8 +114,7 @@ def listing(usr_dir: Path) -> list[str]:
     lines = []
     for item in CATALOGUE.values():
         status = "installed" if installed(usr_dir, item) else "-"
-        kind = next(alias for alias, job in config.JOB_ALIASES.items() if job == item.job)
-        lines.append(f"{item.name:<10} {kind:<8} {status:<10} {item.summary}")
+        lines.append(f"{item.name:<10} {config.ALIAS_OF_JOB[item.job]:<8} {status:<10} {item.summary}")
     return lines
 
 

@@ -27,6 +27,8 @@ DETECTION = "object_detection"
 JOBS = (CLASSIFICATION, DETECTION)
 #: The short names the command line uses for each job kind.
 JOB_ALIASES = {"classify": CLASSIFICATION, "detect": DETECTION}
+#: Job kind -> its alias (``image_classification`` -> ``classify``).
+ALIAS_OF_JOB = {job: alias for alias, job in JOB_ALIASES.items()}
 
 DEFAULT_MODEL = "default"
 #: Float models get (pixel - mean) / std; [-1, 1] is what MobileNet and EfficientNet expect.

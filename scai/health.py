@@ -32,19 +32,18 @@ def report(settings: Settings, store: Any = None) -> tuple[dict[str, Any], int]:
             return {"status": "session store does not answer", "jobs": {}}, 503
     elif not (root.is_dir() and os.access(root, os.W_OK)):
         problems.append("session folder not writable")
-    aliases = {job: alias for alias, job in config.JOB_ALIASES.items()}
     jobs = {}
     for job in config.JOBS:
         if not config.load_models(settings.usr_dir, job):
             continue
         live = store.live_workers(job, STALE_SECONDS)
-        jobs[aliases[job]] = {
+        jobs[config.ALIAS_OF_JOB[job]] = {
             "workers": live,
             "queued": store.queue_depth(job, stop_at=settings.queue_limit or None),
             "oldest_wait_seconds": round(store.oldest_wait(job), 1),
         }
         if settings.running_mode == "runtime" and live == 0:
-            problems.append(f"no live {aliases[job]} worker")
+            problems.append(f"no live {config.ALIAS_OF_JOB[job]} worker")
     free = shutil.disk_usage(root).free if root.is_dir() else 0
     body = {"status": "ok" if not problems else "; ".join(problems), "jobs": jobs, "free_disk_mb": free // 2**20}
     return body, 503 if problems else 200

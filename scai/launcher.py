@@ -35,7 +35,7 @@ def python_executable() -> str:
 
 def worker_command(settings: Settings, job: str, *extra: str) -> list[str]:
     """The command line that runs a worker for ``job`` with the same folders as ``settings``."""
-    alias = {v: k for k, v in config.JOB_ALIASES.items()}[job]
+    alias = config.ALIAS_OF_JOB[job]
     return [
         python_executable(), "-m", "scai", "worker", alias,
         "--session-dir", str(settings.session_dir), "--usr", str(settings.usr_dir), *extra,
@@ -44,7 +44,7 @@ def worker_command(settings: Settings, job: str, *extra: str) -> list[str]:
 
 def worker_group(settings: Settings, job: str, processes: int, *extra: str) -> list[Child]:
     """``processes`` supervised workers for ``job``, each told how many siblings share the cores."""
-    alias = {v: k for k, v in config.JOB_ALIASES.items()}[job]
+    alias = config.ALIAS_OF_JOB[job]
     options = (
         "--workers",
         "1",

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from scai.config import JOB_ALIASES, JOBS, Settings, load_models
+from scai.config import ALIAS_OF_JOB, JOBS, Settings, load_models
 from scai.errors import StoreUnavailable
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -29,7 +29,6 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: large photo seconds).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-ALIAS = {job: alias for alias, job in JOB_ALIASES.items()}
 
 
 def enable(settings: Settings) -> None:
@@ -100,9 +99,9 @@ def request_done(route: str, method: str, status: int, seconds: float) -> None:
 
 def session_done(job: str, model: str, state: str, inference_ms: float | None = None) -> None:
     metrics = _metrics()
-    metrics.sessions.labels(ALIAS.get(job, job), model, state).inc()
+    metrics.sessions.labels(ALIAS_OF_JOB.get(job, job), model, state).inc()
     if inference_ms is not None:
-        metrics.inference.labels(ALIAS.get(job, job), model).observe(inference_ms / 1000)
+        metrics.inference.labels(ALIAS_OF_JOB.get(job, job), model).observe(inference_ms / 1000)
 
 
 def worker_restarted(kind: str) -> None:
@@ -110,7 +109,7 @@ def worker_restarted(kind: str) -> None:
 
 
 def model_load_failed(job: str, model: str) -> None:
-    _metrics().load_failures.labels(ALIAS.get(job, job), model).inc()
+    _metrics().load_failures.labels(ALIAS_OF_JOB.get(job, job), model).inc()
 
 
 class StoreCollector:
@@ -131,9 +130,9 @@ class StoreCollector:
         try:
             for job in JOBS:
                 if load_models(self.settings.usr_dir, job):
-                    depth.add_metric([ALIAS[job]], self.store.queue_depth(job))
-                    oldest.add_metric([ALIAS[job]], self.store.oldest_wait(job))
-                    workers.add_metric([ALIAS[job]], self.store.live_workers(job, self.stale_seconds))
+                    depth.add_metric([ALIAS_OF_JOB[job]], self.store.queue_depth(job))
+                    oldest.add_metric([ALIAS_OF_JOB[job]], self.store.oldest_wait(job))
+                    workers.add_metric([ALIAS_OF_JOB[job]], self.store.live_workers(job, self.stale_seconds))
         except StoreUnavailable:  # the processes' own values are still worth a scrape
             up.add_metric([], 0)
             yield up
