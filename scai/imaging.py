@@ -142,11 +142,6 @@ def geometry(source: bytes | Path, max_pixels: int) -> tuple[int, int, int]:
     return width, height, turn
 
 
-def upright_size(source: bytes | Path, max_pixels: int) -> tuple[int, int]:
-    width, height, _ = geometry(source, max_pixels)
-    return width, height
-
-
 def orientation(image: Image.Image) -> int:
     """The EXIF orientation still to apply to ``image``'s pixels as Pillow reads them (1: none,
     also for EXIF that cannot be read). Pillow's TIFF reader applies a TIFF's orientation itself:

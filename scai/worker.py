@@ -128,7 +128,7 @@ class Worker:
             for claim in claims:
                 state = self._open(claim)
                 if state is not None:
-                    by_model[str(state.get("model") or config.DEFAULT_MODEL)].append((claim, state))
+                    by_model[_model(state)].append((claim, state))
             for model, opened in by_model.items():
                 self._run_model(model, opened, lone)
         except BaseException:  # the store failed: what is still in hand goes back, to be tried again
@@ -214,14 +214,14 @@ class Worker:
         final = {"state": COMPLETE, "message": "complete", **fields, "inference_ms": round(millis, 1)}
         if self._record(claim, state, final):
             log.info("complete %s in %.1f ms", claim.session_id, millis)
-            metrics.session_done(self.job, state.get("model") or config.DEFAULT_MODEL, COMPLETE, millis)
+            metrics.session_done(self.job, _model(state), COMPLETE, millis)
 
     def _fail(self, claim: Claim, state: dict[str, Any] | None, message: str, fault: str = IMAGE) -> None:
         """End a session in failure; ``fault`` says whose: the image's (a client error) or the
         server's (a model that cannot load, an internal error)."""
         if self._record(claim, state or {}, {"state": FAILURE, "message": message, "fault": fault}):
             log.info("failure %s: %s", claim.session_id, message)
-            metrics.session_done(self.job, (state or {}).get("model") or config.DEFAULT_MODEL, FAILURE)
+            metrics.session_done(self.job, _model(state or {}), FAILURE)
 
     def _record(self, claim: Claim, known: dict[str, Any], fields: dict[str, Any]) -> bool:
         """Write a final state and drop the claim; True if written. A session that vanished
@@ -314,6 +314,11 @@ class Worker:
         self.stopping.set()
         with suppress(OSError):  # the loop has ended and closed its pipe
             os.write(self._stop_write, b"x")
+
+
+def _model(state: dict[str, Any]) -> str:
+    """The model section a session names (the default where it names none)."""
+    return str(state.get("model") or config.DEFAULT_MODEL)
 
 
 def run(

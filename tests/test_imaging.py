@@ -119,7 +119,7 @@ def test_a_drafted_photo_keeps_its_exif_orientation() -> None:
     full = imaging.load_rgb(rotated, LIMIT)
     drafted = imaging.load_rgb(rotated, LIMIT, fit=(224, 224))
     assert drafted.size == (full.width // 2, full.height // 2)
-    assert imaging.upright_size(rotated, LIMIT) == full.size
+    assert imaging.geometry(rotated, LIMIT)[:2] == full.size
     reduced = np.asarray(full.resize(drafted.size, Image.BILINEAR), dtype=int)
     assert np.abs(np.asarray(drafted, dtype=int) - reduced).mean() < 8, "drafted upright, like the full decode"
 
@@ -175,4 +175,4 @@ def test_the_upright_size_is_the_decoded_size_whatever_the_format(fmt: str) -> N
     out = io.BytesIO()
     Image.new("RGB", (300, 200)).save(out, fmt, exif=exif.tobytes())
     data = out.getvalue()
-    assert imaging.upright_size(data, LIMIT) == imaging.load_rgb(data, LIMIT).size == (200, 300)
+    assert imaging.geometry(data, LIMIT)[:2] == imaging.load_rgb(data, LIMIT).size == (200, 300)

@@ -27,7 +27,7 @@ from flask import Blueprint, Response, abort, after_this_request, jsonify, reque
 from werkzeug.exceptions import HTTPException
 
 from object_detection.boxes import Box
-from scai import __version__, apikeys, config
+from scai import __version__, apikeys, config, imaging
 from scai.config import CLASSIFICATION, DETECTION
 from scai.errors import ScaiError, SessionNotFound
 from scai.portal import with_error_headers
@@ -126,11 +126,11 @@ def predictions(state: dict[str, Any]) -> list[dict[str, Any]]:
     orientation = int(state.get("orientation") or 1)
     size = state.get("image_size") or {}
     width, height = int(size.get("width", 1)), int(size.get("height", 1))
-    stored = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    stored = (height, width) if orientation in imaging.TRANSPOSED else (width, height)
+    span_x, span_y = max(width - 1, 1), max(height - 1, 1)
     out = []
     for item in sorted(state.get("detections") or [], key=lambda d: -d["score"]):
         p = item["box"]
-        span_x, span_y = max(width - 1, 1), max(height - 1, 1)
         box = Box(p["xmin"] / span_x, p["ymin"] / span_y, p["xmax"] / span_x, p["ymax"] / span_y)
         pixels = box.unrotated(orientation).pixels(*stored)
         out.append(
