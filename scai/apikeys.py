@@ -14,6 +14,7 @@ separate: they still guard each session's reads.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -45,6 +46,7 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+@functools.lru_cache(maxsize=16)  # asked on every keyed request, with the same few texts
 def parse(text: str) -> frozenset[bytes]:
     """Digests of the keys in ``text``: words split by commas, spaces or lines (``SCAI_API_KEYS``)."""
     return frozenset(_digest(word) for word in re.split(r"[,\s]+", text) if word)

@@ -175,11 +175,7 @@ def _location(file: File, source: str | None) -> str:
     """Where to read ``file`` from: its pinned URL, a mirror URL with its name, or a local path."""
     if not source:
         return file.url
-    try:
-        scheme = urllib.parse.urlsplit(source).scheme
-    except ValueError as error:
-        raise DownloadError(f"--from {source!r} is not a URL or a folder: {error}") from None
-    if scheme in ("http", "https", "file"):
+    if _is_url(source):
         return source.rstrip("/") + "/" + file.name
     path = Path(source)
     return str((path if path.is_dir() else path.parent) / file.name)
@@ -222,8 +218,16 @@ def _fetch(file: File, location: str, partial: Path, progress: IO[str]) -> None:
         )
 
 
+def _is_url(location: str) -> bool:
+    """A URL urllib fetches (else a path on disk)."""
+    try:
+        return urllib.parse.urlsplit(location).scheme in ("http", "https", "file")
+    except ValueError as error:
+        raise DownloadError(f"{location!r} is not a URL or a folder: {error}") from None
+
+
 def _open(location: str) -> IO[bytes]:
-    if urllib.parse.urlsplit(location).scheme in ("http", "https", "file"):
+    if _is_url(location):
         request = urllib.request.Request(location, headers={"User-Agent": "scai-models-pull"})
         return urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
     return open(location, "rb")

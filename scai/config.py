@@ -197,8 +197,7 @@ class Settings:
         if self.metrics_dir:
             return Path(self.metrics_dir)
         if os.access(SHARED_MEMORY, os.W_OK):
-            digest = hashlib.sha256(str(self.session_dir).encode()).hexdigest()[:12]
-            return SHARED_MEMORY / f"scai-metrics-{os.getuid()}-{digest}"
+            return SHARED_MEMORY / f"scai-metrics-{os.getuid()}-{folder_tag(self.session_dir)}"
         return self.session_dir / ".metrics"
 
     @property
@@ -335,6 +334,11 @@ def spec_from_section(name: str, job: str, section: configparser.SectionProxy, b
 
 #: (config file) -> (its stamp, its sections): every upload asks which models exist.
 _parsed: dict[Path, tuple[tuple[int, ...], dict[str, ModelSpec]]] = {}
+
+
+def folder_tag(folder: Path) -> str:
+    """A short name that is the same for every process working on ``folder``."""
+    return hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:12]
 
 
 def file_stamp(path: Path) -> tuple[int, ...] | None:

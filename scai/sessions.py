@@ -339,11 +339,6 @@ class SessionStore:
         except (OSError, ValueError):
             return None
 
-    def slot_owner_tag(self) -> str:
-        """Short and the same for every process on this session folder: slot numbers are only
-        exclusive within one folder, and several may share a metrics folder."""
-        return hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
-
     def drop(self, claim: Claim) -> None:
         """Drop a marker whose session needs no more work, then let go of its lock."""
         with suppress(FileNotFoundError):

@@ -293,7 +293,8 @@ class Worker:
             slot = held if held is not None else self.store.take_slot(self.job, slots)
             number = self.store.slot_number(slot) if slot is not None else None
             if number is not None:  # this process's metric files are the slot's, not the pid's
-                metrics.identify(f"{self.job}-slot{number}-{self.store.slot_owner_tag()}")
+                # slot numbers are exclusive within one session folder; several may share metrics
+                metrics.identify(f"{self.job}-slot{number}-{config.folder_tag(self.settings.session_dir)}")
             while slot is not None:
                 try:
                     self.store.recover(self.job)  # claims of a job process that died, or could not write
