@@ -238,6 +238,10 @@ class RedisStore:
     def _pool(self, job: str) -> str:
         return f"{self.prefix}pool:{job}"
 
+    def _workers(self, job: str) -> str:
+        """The sorted set of ``job``'s workers by their last heartbeat."""
+        return f"{self.prefix}workers:{job}"
+
     def _ensure_group(self, job: str) -> None:
         if job not in self._groups:
             try:
@@ -412,8 +416,8 @@ class RedisStore:
         (each restart is a new name: killed workers would pile up)."""
         now = time.time()
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(f"{self.prefix}workers:{job}", {worker: now})
-            pipe.zremrangebyscore(f"{self.prefix}workers:{job}", "-inf", now - FORGET_SECONDS)
+            pipe.zadd(self._workers(job), {worker: now})
+            pipe.zremrangebyscore(self._workers(job), "-inf", now - FORGET_SECONDS)
             self._run(pipe.execute)
 
     def _forget_consumers(self, job: str) -> None:
@@ -423,10 +427,10 @@ class RedisStore:
                 self._run(self.redis.xgroup_delconsumer, self._pool(job), GROUP, consumer["name"])
 
     def retire(self, job: str, worker: str) -> None:
-        self._run(self.redis.zrem, f"{self.prefix}workers:{job}", worker)
+        self._run(self.redis.zrem, self._workers(job), worker)
 
     def live_workers(self, job: str, within: float) -> int:
-        return int(self._run(self.redis.zcount, f"{self.prefix}workers:{job}", time.time() - within, "+inf"))
+        return int(self._run(self.redis.zcount, self._workers(job), time.time() - within, "+inf"))
 
     def queue_depth(self, job: str, stop_at: int | None = None) -> int:
         """Sessions queued and not yet handed to a worker (``stop_at``: the folder's; Redis
