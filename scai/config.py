@@ -90,13 +90,17 @@ class Threads:
     lone: int
 
 
-def setting(default: Any, env: str | None = None, help: str = "") -> Any:
+def setting(default: Any, env: str | None = None, help: str = "", guard: bool = False) -> Any:
     """A field of ``Settings``: its default, the ``SCAI_*`` variable that sets it, what it does.
 
-    Defaults live only here: flags default to None and override only when given."""
+    Defaults live only here: flags default to None and override only when given. ``guard``: a
+    security setting, whose variable set but blank stops the service (``from_env``) instead of
+    reading as unset: a blank secret is a mistake (an empty template, a missing secret), never
+    a wish to run open."""
+    metadata = {"env": env, "help": help, "guard": guard}
     if callable(default):
-        return field(default_factory=default, metadata={"env": env, "help": help})
-    return field(default=default, metadata={"env": env, "help": help})
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _parse_flag(value: str) -> bool:
@@ -138,7 +142,7 @@ class Settings:
     public_url: str = setting(
         "", "SCAI_PUBLIC_URL", "the address clients use, for /docs examples (e.g. https://ai.example)"
     )
-    api_keys: str = setting("", "SCAI_API_KEYS", "keys that uploads and model lists need, comma-separated")
+    api_keys: str = setting("", "SCAI_API_KEYS", "keys that uploads and model lists need, comma-separated", guard=True)
     deepstack_model: str = setting(
         "", "SCAI_DEEPSTACK_MODEL", "detection section of /v1/vision/detection (default: coco-ssd if installed)"
     )
@@ -171,7 +175,10 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for item in fields(cls):
-            raw = environ.get(item.metadata.get("env") or "", "").strip()
+            name = item.metadata.get("env") or ""
+            raw = environ.get(name, "").strip()
+            if not raw and name in environ and item.metadata["guard"]:
+                raise ConfigError(f"{name} is set but blank: unset it to turn it off")
             if raw:
                 try:
                     values[item.name] = _PARSERS[str(item.type)](raw)
@@ -184,8 +191,8 @@ class Settings:
         """These settings as ``SCAI_*`` variables, for a child process that reads its own."""
         out = {}
         for item in fields(self):
-            if item.metadata.get("env"):
-                value = getattr(self, item.name)
+            value = getattr(self, item.name)
+            if item.metadata.get("env") and (value or not item.metadata["guard"]):  # unset stays unset
                 out[item.metadata["env"]] = str(int(value)) if isinstance(value, bool) else str(value)
         return out
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
-from conftest import CLASSIFY_MODELS, IMAGES, ROOT, needs_assets, scai_command
+from conftest import CLASSIFY_MODELS, IMAGES, ROOT, free_port, needs_assets, scai_command
 
 from scai.cli import main
 from scai.config import DETECTION, Settings, load_models
@@ -97,6 +98,18 @@ def test_a_setting_that_does_not_parse_names_its_variable(tmp_path, capsys, monk
     monkeypatch.setenv("SCAI_BATCH_SIZE", "eight")
     status, err = run_main(capsys, "clean", "--sessionpath", str(tmp_path))
     assert status == 2 and err.startswith("scai: SCAI_BATCH_SIZE='eight' is not valid") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("blank", [" ", "", "\n", "\t \n"])
+def test_a_blank_key_variable_stops_the_service(tmp_path, blank: str) -> None:
+    """Set but blank is a mistake (an empty template, a secret that was not mounted), not a wish to
+    run open: ``scai serve`` stops before it listens, with one line, exit 2."""
+    env = {**os.environ, "SCAI_API_KEYS": blank, "SCAI_SESSION_DIR": str(tmp_path / "session")}
+    run = subprocess.run(
+        scai_command("serve", "--port", str(free_port())), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2 and run.stderr == "scai: SCAI_API_KEYS is set but blank: unset it to turn it off\n"
+    assert "SCAI_API_KEYS" not in Settings().to_env(), "an unset key variable is not passed to children as blank"
 
 
 def test_flags_override_the_environment_which_overrides_the_defaults(monkeypatch) -> None:
