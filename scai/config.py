@@ -225,7 +225,7 @@ class Settings:
         count = parse_count(self.workers, "workers")
         if count is not None:
             return count
-        models = load_models(self.usr_dir, job).values()
+        models = [spec for spec in load_models(self.usr_dir, job).values() if spec.problem is None]
         lite = models and all(spec.path.suffix == ".tflite" for spec in models)
         return auto_processes() if lite else 1
 
@@ -255,6 +255,15 @@ class ModelSpec:
     input_std: float | None = None
     #: The whole section, lower-cased keys, for the options a single engine reads.
     options: dict[str, str] = field(default_factory=dict)
+    #: Why the section cannot be served (a bad key, no model named), or None. Such a section
+    #: still exists: its sessions fail with the reason and ``/healthz`` names it, while the other
+    #: sections of the file serve (``load_models``).
+    problem: str | None = None
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` with the section's problem, before anything tries to load it."""
+        if self.problem is not None:
+            raise ConfigError(self.problem)
 
     @property
     def mean(self) -> float:
@@ -316,8 +325,37 @@ def _first(section: configparser.SectionProxy, *keys: str) -> str | None:
     return None
 
 
+#: Keys an engine reads as numbers (detection thresholds, TFLite threads), checked when the
+#: section is read so that ``/healthz`` names a bad one before a worker trips over it.
+NUMBER_KEYS: dict[str, Callable[[str], float]] = {
+    "min_score_thresh": float,
+    "max_boxes_to_draw": int,
+    "line_thickness": int,
+    "first_class_id": int,
+    "num_threads": int,
+}
+ACTIVATIONS = ("auto", "softmax", "none")
+
+
+def _check_options(name: str, job: str, section: configparser.SectionProxy) -> None:
+    where = f"section [{name}] of {job}.config"
+    for key, parse in NUMBER_KEYS.items():
+        value = section.get(key)
+        if value:
+            try:
+                parse(value)
+            except ValueError:
+                kind = "a whole number" if parse is int else "a number"
+                raise ConfigError(f"{where}: {key.upper()} must be {kind}, not {value!r}") from None
+    activation = section.get("output_activation", "auto").lower()
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"{where}: OUTPUT_ACTIVATION must be {', '.join(ACTIVATIONS)}, not {activation!r}")
+
+
 def spec_from_section(name: str, job: str, section: configparser.SectionProxy, base: Path) -> ModelSpec:
-    """Build a spec from the original keys (``GRAPH``/``PATH_TO_CKPT`` and friends)."""
+    """Build a spec from the original keys (``GRAPH``/``PATH_TO_CKPT`` and friends); a key that
+    cannot be used raises ``ConfigError`` naming it."""
+    _check_options(name, job, section)
     model = _first(section, "graph", "path_to_ckpt", "model")
     if not model:
         raise ConfigError(f"section [{name}] of {job}.config names no model (GRAPH or PATH_TO_CKPT)")
@@ -339,6 +377,15 @@ def spec_from_section(name: str, job: str, section: configparser.SectionProxy, b
     )
 
 
+def _spec_or_problem(name: str, job: str, section: configparser.SectionProxy, base: Path) -> ModelSpec:
+    """The section's spec; one that cannot be built is kept with its ``problem``, so that one bad
+    section fails only its own sessions."""
+    try:
+        return spec_from_section(name, job, section, base)
+    except ConfigError as error:
+        return ModelSpec(name=name, job=job, path=Path(), problem=error.message)
+
+
 #: (config file) -> (its stamp, its sections): every upload asks which models exist.
 _parsed: dict[Path, tuple[tuple[int, ...], dict[str, ModelSpec]]] = {}
 
@@ -358,7 +405,9 @@ def file_stamp(path: Path) -> tuple[int, ...] | None:
 
 
 def load_models(usr_dir: Path, job: str) -> dict[str, ModelSpec]:
-    """All model sections of one job kind, by name; an absent file means no models.
+    """All model sections of one job kind, by name; an absent file means no models. A section
+    with a bad key is there with its ``problem`` set; only a file that does not parse at all
+    raises (``BrokenConfig``).
 
     Parsed again only when the file changes (``file_stamp``), not on every request.
     """
@@ -374,7 +423,7 @@ def load_models(usr_dir: Path, job: str) -> dict[str, ModelSpec]:
         except (configparser.Error, UnicodeError, OSError) as error:
             detail = str(error).splitlines()[0].split("]: ", 1)[-1]  # no server path: clients see it
             raise BrokenConfig(f"the model config {path.name} cannot be read: {detail}") from None
-        models = {name: spec_from_section(name, job, parser[name], path.parent) for name in parser.sections()}
+        models = {name: _spec_or_problem(name, job, parser[name], path.parent) for name in parser.sections()}
         _parsed[path] = cached = (stamp, models)
     return dict(cached[1])
 

@@ -4,7 +4,9 @@ For every job kind with a model configured: how many workers are alive (their he
 see ``Worker.run_forever``), how many sessions wait and how long the oldest has waited; and the
 free space of the session folder. A job kind with models but no live worker makes the service
 unhealthy (503): its uploads would be accepted and never answered. In job mode no worker is
-expected; the portal starts one per upload.
+expected; the portal starts one per upload. So do a disk without room for an upload (uploads would
+get 507) and a broken ``default`` model; other broken models are named, and fail only their own
+sessions.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import shutil
 from typing import Any
 
-from scai import config
+from scai import config, engines
 from scai.config import Settings
 from scai.store import open_store
 
@@ -44,6 +46,48 @@ def report(settings: Settings, store: Any = None) -> tuple[dict[str, Any], int]:
         }
         if settings.running_mode == "runtime" and live == 0:
             problems.append(f"no live {config.ALIAS_OF_JOB[job]} worker")
+        broken = broken_models(settings, job)
+        jobs[config.ALIAS_OF_JOB[job]]["broken_models"] = broken
+        if problem := models_problem(settings, job, broken):
+            problems.append(problem)
+    if not settings.store and root.is_dir() and (full := disk_full(settings)):
+        problems.append(full)
     free = shutil.disk_usage(root).free if root.is_dir() else 0
     body = {"status": "ok" if not problems else "; ".join(problems), "jobs": jobs, "free_disk_mb": free // 2**20}
     return body, 503 if problems else 200
+
+
+def broken_models(settings: Settings, job: str) -> dict[str, str]:
+    """The sections of ``job`` that cannot load, each with why. The model files themselves are
+    looked at only with the session folder, where the workers share this machine's disk; with
+    Redis they may run on other hosts with files of their own, so only bad keys are found."""
+    models = config.load_models(settings.usr_dir, job)
+    if settings.store:
+        return {name: spec.problem for name, spec in models.items() if spec.problem}
+    return {name: why for name, spec in models.items() if (why := engines.problem(spec))}
+
+
+def models_problem(settings: Settings, job: str, broken: dict[str, str]) -> str | None:
+    """A broken ``default`` section, or every section broken, makes the service unhealthy: most
+    uploads name no model. Another broken section fails only its own sessions: it is named in
+    ``broken_models``, and the status stays 200."""
+    alias = config.ALIAS_OF_JOB[job]
+    if config.DEFAULT_MODEL in broken:
+        return f"{alias} model {config.DEFAULT_MODEL!r} unavailable: {broken[config.DEFAULT_MODEL]}"
+    if broken and broken.keys() == config.load_models(settings.usr_dir, job).keys():
+        return f"no {alias} model can load"
+    return None
+
+
+def disk_full(settings: Settings) -> str | None:
+    """Why the session folder cannot be trusted with an upload, or None: its disk has less room
+    than one upload of the largest size allowed, or no free inode, so an upload may be refused
+    (507). One statvfs: cheap enough for a /healthz polled often."""
+    usage = os.statvfs(settings.session_dir)
+    free = usage.f_bavail * usage.f_frsize
+    if usage.f_files and not usage.f_favail:
+        return "disk full: no free inode for the session folder"
+    if free < settings.max_upload_bytes:
+        room = f"{free // 2**20} MB free for the session folder"
+        return f"disk full: {room}, less than one upload may take ({settings.max_upload_mb} MB)"
+    return None

@@ -17,7 +17,6 @@ import logging
 import os
 import select
 import signal
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -25,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from scai import config, imaging, metrics
+from scai import config, imaging, liveness, metrics, supervisor
 from scai.config import ConfigError, Settings
 from scai.errors import StoreUnavailable
 from scai.sessions import (
@@ -71,15 +70,23 @@ class Worker:
         self.stopping = threading.Event()
         self._stop_read, self._stop_write = os.pipe()
         #: This worker's name in the pool's heartbeats (``/healthz`` counts the fresh ones).
-        self.name = f"{socket.gethostname()}-{os.getpid()}"
+        self.name = liveness.own_name()
         self.last_beat = 0.0
         self.next_rescan = 0.0
 
     # -- models ---------------------------------------------------------------------------------
     def preload(self, names: list[str] | None = None) -> None:
-        """Load models before serving, so a broken model stops the worker at start, not later."""
+        """Load models before serving, so the first sessions do not wait for them. A model that
+        cannot load is logged and left out: its sessions fail with the reason, the others serve
+        (an exit would stop every model of the job kind). A name that is no section at all is
+        the command line's mistake and raises."""
         for name in names if names is not None else list(self.models):
-            self.engine(name)
+            config.pick_model(self.models, name)
+            try:
+                self.engine(name)
+            except Exception as error:
+                unexpected = not isinstance(error, ConfigError | OSError)  # a traceback only where it helps
+                log.error("model %r cannot load; its sessions fail until fixed: %s", name, error, exc_info=unexpected)
 
     def engine(self, name: str) -> Any:
         """The loaded model of a section, loading it on first use. The config is read again when
@@ -90,8 +97,10 @@ class Worker:
         if cached is None or cached[0] != spec:
             started = time.perf_counter()
             try:
+                spec.check()  # a section with a bad key is not loaded at all
                 self.engines[name] = (spec, self.task.load(spec))
             except Exception:
+                self.engines.pop(name, None)  # a section changed for the worse: its old model goes
                 metrics.model_load_failed(self.job, name)
                 raise
             log.info("loaded model %r from %s in %.2f s", name, spec.path, time.perf_counter() - started)
@@ -256,6 +265,7 @@ class Worker:
         """One turn of the loop: heartbeat and recovery when due, then a batch if one waits."""
         now = time.monotonic()
         if now - self.last_beat >= HEARTBEAT_SECONDS:
+            supervisor.beat()  # first: a store that fails is not a hung worker
             self.store.beat(self.job, self.name)
             self.last_beat = now
         if now >= self.next_rescan:

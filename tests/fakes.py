@@ -114,9 +114,11 @@ def upload(client: Any, data: bytes | None = None, route: str = "/api/v1/classif
 
 
 def write_fake_usr(folder: Path, *names: str, detectors: Sequence[str] = ()) -> Path:
-    """A usr folder whose classification sections (and ``detectors``) name model files that need
-    not exist."""
+    """A usr folder whose classification sections (and ``detectors``) name empty model files: a
+    fake task never reads them, and ``/healthz`` finds them there."""
     folder.mkdir(parents=True, exist_ok=True)
+    for name in {*(names or ("default",)), *detectors}:
+        (folder / f"{name}.tflite").touch()
     sections = "".join(f"[{name}]\nGRAPH = {name}.tflite\n\n" for name in names or ("default",))
     (folder / f"{CLASSIFICATION}.config").write_text(sections, encoding="utf-8")
     if detectors:

@@ -1,6 +1,7 @@
-"""A real full disk: the session store on a 1 MB tmpfs, filled to the last byte. Uploads are
-refused with 507 and leave nothing behind, the worker lives, and everything resumes once space
-is freed. Needs root to mount (CI runs as root); skipped elsewhere with that reason."""
+"""A real full disk: the session store on a 4 MB tmpfs, filled to the last byte. Uploads are
+refused with 507 and leave nothing behind, ``/healthz`` says 503 "disk full", the worker lives,
+and everything resumes once space is freed. Needs root to mount (CI runs as root); skipped
+elsewhere with that reason."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpf
 def disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
@@ -46,15 +47,19 @@ def fill(folder: Path) -> Path:
 
 
 def test_a_full_disk_refuses_uploads_keeps_the_worker_and_resumes(disk: Path, tmp_path: Path) -> None:
-    settings = Settings(session_dir=disk / "session", usr_dir=write_fake_usr(tmp_path / "usr"))
+    usr = write_fake_usr(tmp_path / "usr")
+    settings = Settings(session_dir=disk / "session", usr_dir=usr, max_upload_mb=1)
     client = create_app(settings).test_client()
     worker = Worker(settings, CLASSIFICATION, task=FakeTask())
     worker.store.beat(CLASSIFICATION, worker.name)
     waiting = upload(client).json["sessname"]  # queued before the disk filled
+    assert client.get("/healthz").status_code == 200, "3 MB free: room for an upload of up to 1 MB"
     filler = fill(disk)
 
     refused = upload(client)
     assert refused.status_code == 507 and refused.json["status"] == 507 and "disk is full" in refused.json["message"]
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.json["status"].startswith("disk full: 0 MB free"), health.json
     store = SessionStore(settings.session_dir)
     assert store.sessions() == [waiting], "the refused upload left no folder"
 
@@ -65,6 +70,7 @@ def test_a_full_disk_refuses_uploads_keeps_the_worker_and_resumes(disk: Path, tm
     assert store.state(waiting)["state"] == "processing"
 
     filler.unlink()  # space is freed
+    assert client.get("/healthz").status_code == 200
     worker.rescan()
     worker.drain()
     assert store.state(waiting)["state"] == COMPLETE

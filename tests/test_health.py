@@ -21,6 +21,7 @@ def settings(tmp_path: Path) -> Settings:
     usr = tmp_path / "usr"
     usr.mkdir()
     (usr / f"{JOB}.config").write_text("[default]\nGRAPH = never-loaded.tflite\n")
+    (usr / "never-loaded.tflite").touch()  # there, as /healthz checks; never loaded
     return Settings(session_dir=tmp_path / "session", usr_dir=usr)
 
 
