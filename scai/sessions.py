@@ -20,6 +20,14 @@ A worker claims a marker by locking it (``flock``) and renaming it into ``.claim
 lock lives exactly as long as the worker's process, so a marker whose lock can be taken belongs to
 a worker that died and goes back to the pool. Two workers never take the same marker: the second
 either fails to lock it or finds it already renamed away.
+
+Each claim appends a line naming itself to the marker, so the marker counts its deliveries, as a
+Redis stream entry does. A worker that gives a session back on purpose (a full disk, a store
+error) takes its line off again; one that dies leaves it. A session whose marker comes back from
+``MAX_DELIVERIES`` dead workers is failed ("the image stopped 3 workers") instead of killing a
+fourth: one upload cannot take a job kind down. A marker still locked after ``lease`` seconds
+belongs to a hung worker (stopped, or stuck in a model): recovery takes it over, appending
+``REVOKED``, and the hung worker's ``finish`` finds its line no longer last and writes nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from scai import liveness
+from scai.config import Settings
 from scai.errors import SessionNotFound, StorageFull
 from scai.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, FolderWatch, session_waits
 
@@ -58,6 +68,20 @@ POOL = "pool"
 CLAIMED = ".claimed"
 WORKERS = ".workers"
 SLOTS = ".slots"
+#: A session handed to this many workers that all died (or hung) with it is failed, not retried.
+MAX_DELIVERIES = 3
+#: The line a recovery appends to a hung worker's marker when it takes the session over.
+REVOKED = b"revoked\n"
+#: A hung worker's marker, renamed away while its session goes back to the pool: ``.<id>.revoked``.
+REVOKED_SUFFIX = ".revoked"
+#: A heartbeat silent this long belongs to a worker that is gone: its file is removed.
+FORGET_SECONDS = 3600.0
+
+
+def poisoned(deliveries: int) -> dict[str, Any]:
+    """The final fields of a session that stopped ``deliveries`` workers (both stores)."""
+    message = f"failed: the image stopped {MAX_DELIVERIES} workers (delivered {deliveries} times)"
+    return {"state": FAILURE, "message": message}
 
 
 def new_session_id() -> str:
@@ -123,13 +147,22 @@ class Claim:
     fd: int
     #: Dropped or released: its descriptor is closed (and its number may belong to another file).
     done: bool = False
+    #: The line this claim appended to the marker (None: it could not, on a full disk).
+    line: bytes | None = None
+    #: The marker's size before that line: giving the session back truncates it to this.
+    offset: int = 0
+    #: Which delivery of the session this claim is (1 for the first worker to take it).
+    deliveries: int = 1
 
 
 class SessionStore:
-    """Paths and operations on one session root; every id is checked before it touches a path."""
+    """Paths and operations on one session root; every id is checked before it touches a path.
+    ``lease``: seconds after which a claim still locked is a hung worker's (see the module)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, lease: float = Settings.default("claim_lease_seconds")) -> None:
         self.root = Path(root)
+        self.lease = lease
+        self._claims = 0
 
     # -- paths -------------------------------------------------------------------------------
     def path(self, session_id: str) -> Path:
@@ -236,6 +269,10 @@ class SessionStore:
             raise SessionNotFound(session_id) from None
         return state
 
+    def problem(self) -> str | None:
+        """Why uploads cannot be stored now, or None (a full disk: see ``health``)."""
+        return None if self.root.is_dir() and os.access(self.root, os.W_OK) else "session folder not writable"
+
     def pending(self, job: str) -> list[str]:
         """Pending session ids, oldest marker first."""
         try:
@@ -264,13 +301,21 @@ class SessionStore:
             os.unlink(self.pool(job) / WORKERS / worker)
 
     def live_workers(self, job: str, within: float) -> int:
-        """Workers of ``job`` whose heartbeat is at most ``within`` seconds old."""
-        now = time.time()
+        """Workers of ``job`` alive with a heartbeat at most ``within`` seconds old. A worker of
+        this machine is alive only while its process is (see ``liveness``); heartbeats of dead
+        workers, and any silent for ``FORGET_SECONDS``, are removed."""
+        now, live = time.time(), 0
         try:
             with os.scandir(self.pool(job) / WORKERS) as entries:
-                return sum(now - _mtime_or_zero(e) <= within for e in entries)
+                for entry in entries:
+                    alive, age = liveness.local_alive(entry.name), now - _mtime_or_zero(entry)
+                    if alive is False or age > FORGET_SECONDS:
+                        with suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+                    live += alive is not False and age <= within
         except FileNotFoundError:
             return 0
+        return live
 
     def oldest_wait(self, job: str, look_at: int = 1000) -> float:
         """Seconds the oldest of (up to ``look_at``) waiting sessions has waited; 0 if none."""
@@ -301,20 +346,42 @@ class SessionStore:
             return None
         source = self.pool(job) / session_id
         try:
-            fd = os.open(source, os.O_RDONLY)
+            fd = _open_marker(source)
         except FileNotFoundError:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             target = self.claimed(job) / session_id
             os.rename(source, target)  # fails if another worker renamed it first
+            claim = Claim(job, session_id, target, fd)
+            self._sign(claim)
         except (BlockingIOError, FileNotFoundError):
             os.close(fd)
             return None
-        except BaseException:  # a full disk, say: no lock may outlive the attempt
+        except BaseException:  # no lock may outlive the attempt
             os.close(fd)
             raise
-        return Claim(job, session_id, target, fd)
+        return claim
+
+    def _sign(self, claim: Claim) -> None:
+        """Append this claim's line to its marker and count the deliveries. On a full disk (or a
+        marker this process may not write) the claim goes on uncounted and unfenced."""
+        self._claims += 1
+        line = f"{os.getpid()}.{self._claims} {now_iso()}\n".encode()
+        try:
+            claim.offset = os.fstat(claim.fd).st_size
+            os.write(claim.fd, line)  # O_APPEND; also restarts the lease (the marker's mtime)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EBADF):
+                raise
+            return
+        claim.line = line
+        claim.deliveries = _deliveries(_marker_text(claim.fd))
+
+    def owns(self, claim: Claim) -> bool:
+        """Whether ``claim`` is still this worker's: no recovery took the session over since
+        (its line is the marker's last)."""
+        return claim.line is None or _marker_text(claim.fd).endswith(claim.line)
 
     def take_slot(self, job: str, slots: int, only: int | None = None) -> int | None:
         """Job mode's bound on processes: lock one of ``slots`` slot files of ``job`` (or slot
@@ -340,14 +407,19 @@ class SessionStore:
             return None
 
     def drop(self, claim: Claim) -> None:
-        """Drop a marker whose session needs no more work, then let go of its lock."""
-        with suppress(FileNotFoundError):
-            os.unlink(claim.path)
-        self.release(claim)
+        """Drop a marker whose session needs no more work, then let go of its lock (a marker
+        taken over meanwhile is the new holder's: left alone)."""
+        if self.owns(claim):
+            with suppress(FileNotFoundError):
+                os.unlink(claim.path)
+        self._let_go(claim)
 
     def finish(self, claim: Claim, fields: dict[str, Any], known: dict[str, Any] | None = None) -> bool:
         """Write a claimed session's final ``fields`` and drop its marker; False if the session
         vanished meanwhile. A write that fails (a full disk) raises, the claim still held."""
+        if not self.owns(claim):  # taken over while this worker hung: the new holder writes
+            self._let_go(claim)
+            return False
         completions = (known or {}).get("completions", 0) + 1  # read under this claim: current
         try:
             self.update(claim.session_id, known, **fields, completions=completions)
@@ -375,34 +447,88 @@ class SessionStore:
 
     def release(self, claim: Claim) -> None:
         """Let go of a claim without finishing it: the next ``recover`` returns it to the pool.
-        A claim already let go is left alone."""
+        Given back on purpose, it takes its delivery off the count. A claim already let go is
+        left alone."""
+        if not claim.done and claim.line is not None and self.owns(claim):
+            with suppress(OSError):  # uncounted is the worst that can happen
+                os.ftruncate(claim.fd, claim.offset)
+        self._let_go(claim)
+
+    def _let_go(self, claim: Claim) -> None:
         if not claim.done:
             claim.done = True
             os.close(claim.fd)
 
     def recover(self, job: str) -> list[str]:
-        """Put markers held by dead workers back in the pool; returns their ids."""
+        """Put markers held by dead workers, or locked past the lease by hung ones, back in the
+        pool; returns their ids. A session that stopped ``MAX_DELIVERIES`` workers is failed."""
         recovered = []
         try:
             entries = list(os.scandir(self.claimed(job)))
         except FileNotFoundError:
             return []
         for entry in entries:
+            if entry.name.endswith(REVOKED_SUFFIX):
+                self._settle_takeover(job, entry.name.removesuffix(REVOKED_SUFFIX)[1:])
             if not is_session_id(entry.name):
                 continue
             try:
-                fd = os.open(entry.path, os.O_RDONLY)
+                fd = _open_marker(entry.path)
             except FileNotFoundError:
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.rename(entry.path, self.pool(job) / entry.name)
-                recovered.append(entry.name)
-            except (BlockingIOError, FileNotFoundError):
-                pass  # a live worker holds it, or it finished meanwhile
+                if self._take_back(job, entry.name, fd):
+                    recovered.append(entry.name)
+            except FileNotFoundError:
+                pass  # finished meanwhile
             finally:
                 os.close(fd)
         return recovered
+
+    def _take_back(self, job: str, session_id: str, fd: int) -> bool:
+        """Return one claimed marker to the pool if its worker died or hangs; True if returned."""
+        path = self.claimed(job) / session_id
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            hung = False
+        except BlockingIOError:  # a live worker holds it: within its lease, or hung
+            if time.time() - os.fstat(fd).st_mtime < self.lease:
+                return False
+            try:
+                os.write(fd, REVOKED)  # the hung worker's finish writes nothing now
+            except OSError:  # a marker this process may not write, a full disk: not now
+                return False
+            hung = True
+        deliveries = _deliveries(_marker_text(fd))
+        if deliveries >= MAX_DELIVERIES:
+            self._fail_poisoned(session_id, path, deliveries)
+            return False
+        if hung:  # its lock stays on that file wherever it goes: the pool gets a new one
+            os.rename(path, path.with_name(f".{session_id}{REVOKED_SUFFIX}"))
+            self._settle_takeover(job, session_id, _marker_text(fd))
+        else:
+            os.rename(path, self.pool(job) / session_id)
+        return True
+
+    def _settle_takeover(self, job: str, session_id: str, lines: bytes | None = None) -> None:
+        """Put a new marker for a session taken from a hung worker in the pool, then remove the
+        hung worker's (also what a recovery does with one left by a takeover that died midway)."""
+        revoked = self.claimed(job) / f".{session_id}{REVOKED_SUFFIX}"
+        marker, held = self.pool(job) / session_id, self.claimed(job) / session_id
+        if is_session_id(session_id) and not marker.exists() and not held.exists():
+            with suppress(FileNotFoundError):
+                lines = revoked.read_bytes() if lines is None else lines
+                atomic_write(marker, lines)
+        with suppress(FileNotFoundError):
+            os.unlink(revoked)
+
+    def _fail_poisoned(self, session_id: str, marker: Path, deliveries: int) -> None:
+        """Fail a session every worker that took it died (or hung) with; never hand it out again."""
+        with suppress(SessionNotFound):
+            state = self.state(session_id)
+            if state.get("state") not in FINAL_STATES:
+                self.update(session_id, state, **poisoned(deliveries), completions=state.get("completions", 0) + 1)
+        os.unlink(marker)
 
     # -- cleaning ------------------------------------------------------------------------------
     def sessions(self) -> list[str]:
@@ -491,6 +617,24 @@ class FolderQueue:
                 self.store.release(claim)
             raise
         return claims
+
+
+def _open_marker(path: Path | str) -> int:
+    """A marker opened to be locked and appended to (read only where this process may not write
+    it: its claims then go uncounted)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_APPEND)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+
+
+def _marker_text(fd: int) -> bytes:
+    """A marker's lines: one per delivery, and ``REVOKED`` after each takeover (a few dozen bytes)."""
+    return os.pread(fd, 4096, 0)
+
+
+def _deliveries(text: bytes) -> int:
+    return sum(1 for line in text.splitlines(keepends=True) if line != REVOKED)
 
 
 def _count_markers(folder: Path, stop_at: int | None = None) -> int:

@@ -10,6 +10,13 @@ delay, so a worker killed now and then (out of memory, an operator) is always br
 When every child is down for good, or an ``essential`` one is (the portal), the supervisor stops
 the rest and exits non-zero, so that systemd sees the failure too. Nothing needs cleaning up after a death: a dead
 worker's claims go back to the pool at the next rescan of any worker (see ``sessions``).
+
+A worker child also beats a heartbeat file of the supervisor's (``beat``) from its loop. Its
+first beat means it has started well (it loaded its models and serves), like systemd's
+``Type=notify``: a worker that an upload kills later (out of memory, a decoder crash) is always
+brought back after 1 s, never given up on; the store fails that upload after it stopped
+``MAX_DELIVERIES`` workers. A heartbeat silent for ``hang_seconds`` is a hung worker (stopped,
+stuck in a model): it is killed with SIGKILL and started again.
 """
 
 from __future__ import annotations
@@ -17,19 +24,26 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from scai import metrics
 from scai.errors import EXIT_CONFIG
 
 log = logging.getLogger("scai.supervisor")
 
-MAX_DELAY = 30.0
+#: The longest wait before a restart: a child failing at start is tried again at least this often.
+MAX_DELAY = 10.0
+#: The variable that names a child's heartbeat file (see ``beat``).
+HEARTBEAT_ENV = "SCAI_SUPERVISOR_HEARTBEAT"
 #: A child that lived this long had started well; only quicker deaths add up to giving up.
 STARTED_SECONDS = 10.0
 
@@ -51,6 +65,18 @@ class Child:
     #: The job kind a worker serves (``classify``), counted in ``scai_worker_restarts_total``.
     kind: str = ""
     last_status: int = 0
+    #: A heartbeat silent this long is a hung child, killed and restarted (None: not watched).
+    hang_seconds: float | None = None
+    heartbeat: Path | None = None
+    started_wall: float = 0.0
+
+
+def beat() -> None:
+    """In a supervised worker: say "alive and serving" to the supervisor (nothing elsewhere)."""
+    path = os.environ.get(HEARTBEAT_ENV)
+    if path:
+        with suppress(OSError):
+            os.utime(path)
 
 
 PR_SET_PDEATHSIG = 1
@@ -87,6 +113,7 @@ class Supervisor:
         self.children = children
         self.burst = burst
         self.window = window
+        self.beats = Path(tempfile.mkdtemp(prefix="scai-supervisor-"))
         #: Set by ``stop`` or a signal handler (a plain flag: a handler must not take a lock).
         self.stopping = False
 
@@ -96,6 +123,11 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         env = {**os.environ, **child.env} if child.env else None
+        if child.hang_seconds is not None:
+            child.heartbeat = self.beats / f"{self.children.index(child)}"
+            child.heartbeat.touch()
+            child.started_wall = child.heartbeat.stat().st_mtime  # a beat makes it newer
+            env = {**(env or os.environ), HEARTBEAT_ENV: str(child.heartbeat)}
         child.process = subprocess.Popen(
             child.command, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with(os.getpid())
         )
@@ -107,16 +139,36 @@ class Supervisor:
         """Reap children that ended and start again those that are due."""
         now = time.monotonic()
         for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                self._kill_if_hung(child)
             if child.process is not None and child.process.poll() is not None:
                 self._ended(child, child.process.returncode, now)
             if child.restart_at is not None and now >= child.restart_at and not self.stopping:
                 self._spawn(child)
 
+    def _last_beat(self, child: Child) -> float | None:
+        """When a watched child last beat (None: not since it started, or not watched)."""
+        try:
+            stamp = child.heartbeat.stat().st_mtime if child.heartbeat else 0.0
+        except OSError:
+            return None
+        return stamp if stamp > child.started_wall else None
+
+    def _kill_if_hung(self, child: Child) -> None:
+        if child.hang_seconds is None:
+            return
+        silent = time.time() - (self._last_beat(child) or child.started_wall)
+        if silent > child.hang_seconds:
+            log.error("%s (pid %d) has not beaten for %.0f s: it hangs; killing it",
+                      child.name, child.process.pid, silent)  # fmt: skip
+            child.process.kill()
+            child.process.wait()
+
     def _ended(self, child: Child, status: int, now: float) -> None:
         pid = child.process.pid if child.process else 0
         child.process = None
         child.last_status = status
-        if now - child.started_at >= STARTED_SECONDS:
+        if now - child.started_at >= STARTED_SECONDS or self._last_beat(child) is not None:
             child.failures.clear()
         child.failures.append(now)
         while child.failures and child.failures[0] < now - self.window:
@@ -177,6 +229,7 @@ class Supervisor:
                 log.warning("%s (pid %d) did not stop in %.0f s: killing it", child.name, child.process.pid, timeout)
                 child.process.kill()
                 child.process.wait()
+        shutil.rmtree(self.beats, ignore_errors=True)
 
     def stop_on_signals(self) -> None:
         """SIGTERM and SIGINT end ``run``; the children get SIGTERM from ``stop``. The handler

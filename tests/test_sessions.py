@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from conftest import ROOT, age
+from conftest import ROOT, age, wait_for
 
 from scai.cleanup import clean
 from scai.sessions import (
     COMPLETE,
+    FAILURE,
+    MAX_DELIVERIES,
     PROCESSING,
     SessionNotFound,
     SessionStore,
@@ -175,3 +178,69 @@ def test_a_wait_for_any_change_wakes_when_a_worker_takes_the_session(tmp_path: P
     timer.join()
     assert state["state"] == "processing" and time.monotonic() - started < 5, "woken by the claim, not the timeout"
     store.drop(claims[0])
+
+
+def holder(tmp_path: Path, session_id: str, then: str) -> subprocess.Popen:
+    """Another process that claims ``session_id`` as a worker does, prints True, then runs ``then``
+    (Python, with the claim as ``c`` and the store as ``s``)."""
+    code = (
+        "import os, signal, sys; from scai.sessions import SessionStore; "
+        f"s = SessionStore(sys.argv[1]); c = s.claim({JOB!r}, sys.argv[2]); print(bool(c), flush=True); {then}"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path), session_id], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_a_session_that_stops_three_workers_fails_and_is_never_handed_out_again(tmp_path: Path) -> None:
+    """Each worker that dies holding a session leaves its delivery counted in the marker: after
+    3, the recovery fails the session instead of killing a fourth worker."""
+    store = SessionStore(tmp_path)
+    poison, _ = make_session(store)
+    for death in range(1, MAX_DELIVERIES + 1):
+        process = holder(tmp_path, poison, "os.kill(os.getpid(), signal.SIGKILL)")
+        assert process.stdout.readline().strip() == "True"
+        assert process.wait() == -9
+        assert store.recover(JOB) == ([poison] if death < MAX_DELIVERIES else [])
+    state = store.state(poison)
+    assert state["state"] == FAILURE and "the image stopped 3 workers" in state["message"]
+    assert state["completions"] == 1 and store.pending(JOB) == [] and store.pending_claims(JOB) == 0
+
+
+def test_a_session_given_back_on_purpose_is_not_counted(tmp_path: Path) -> None:
+    """A full disk or a store error gives the session back: retried every rescan, never failed."""
+    store = SessionStore(tmp_path)
+    session_id, _ = make_session(store)
+    for _ in range(MAX_DELIVERIES + 2):
+        claim = store.claim(JOB, session_id)
+        assert claim.deliveries == 1
+        store.release(claim)
+        assert store.recover(JOB) == [session_id]
+    claim = store.claim(JOB, session_id)
+    assert store.finish(claim, {"state": COMPLETE}) and store.completions(session_id) == 1
+
+
+def test_a_hung_workers_claim_is_taken_over_after_the_lease_and_its_late_result_fenced_off(tmp_path: Path) -> None:
+    """A worker stopped (SIGSTOP) holding a claim keeps its lock: after the lease, recovery hands
+    the session out again, and the stopped worker, resumed, writes nothing."""
+    store = SessionStore(tmp_path, lease=0.5)
+    session_id, _ = make_session(store)
+    process = holder(
+        tmp_path, session_id, "os.kill(os.getpid(), signal.SIGSTOP); print(s.finish(c, {'state': 'complete'}))"
+    )
+    try:
+        assert process.stdout.readline().strip() == "True"
+        wait_for(lambda: Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0] == "T", what="the stop")
+        assert store.recover(JOB) == [], "within its lease"
+        assert wait_for(lambda: store.recover(JOB), what="the takeover after the lease") == [session_id]
+        claim = store.claim(JOB, session_id)
+        assert claim is not None and claim.deliveries == 2, "the hung worker's lock does not follow the session"
+        assert store.finish(claim, {"state": COMPLETE, "result": {"by": "the second worker"}})
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert process.stdout.readline().strip() == "False", "the hung worker's late finish is fenced off"
+    assert process.wait(10) == 0
+    state = store.state(session_id)
+    assert state["result"] == {"by": "the second worker"} and state["completions"] == 1
+    assert store.pending(JOB) == [] and store.pending_claims(JOB) == 0
+    assert not list(store.claimed(JOB).iterdir()), "no revoked marker is left behind"

@@ -94,3 +94,38 @@ def test_an_essential_child_given_up_stops_the_others() -> None:
     sleeper = supervisor.children[1].process
     assert supervisor.run(interval=0.05) == EXIT_CONFIG
     assert sleeper.poll() is not None, "the worker was stopped with it"
+
+
+BEATS = "import os; from scai.supervisor import beat; beat(); "
+
+
+def test_a_worker_that_serves_and_is_then_killed_by_its_upload_is_never_given_up_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its first heartbeat says it started well, however soon it dies: an upload that kills
+    workers fails after 3 of them (see ``sessions``); the job kind must not go down for good."""
+    caplog.set_level(logging.WARNING, "scai.supervisor")
+    victim = Child("victim", [sys.executable, "-c", BEATS + "os.kill(os.getpid(), 9)"], hang_seconds=60)
+    supervisor = Supervisor([victim], burst=3, window=60)
+    supervisor.start()
+    try:
+        wait_for(lambda: supervisor.check() or caplog.text.count("killed by SIGKILL") >= 6, 30, "6 deaths")
+        assert not victim.given_up and caplog.text.count("restarting it in 1 s") >= 6
+    finally:
+        supervisor.stop(timeout=5)
+
+
+def test_a_hung_worker_is_killed_and_started_again(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker that stops beating (SIGSTOP, stuck in a model) is killed after ``hang_seconds``."""
+    caplog.set_level(logging.WARNING, "scai.supervisor")
+    hung = Child("hung", [sys.executable, "-c", BEATS + "import signal; os.kill(os.getpid(), signal.SIGSTOP)"])
+    hung.hang_seconds = 1.0
+    supervisor = Supervisor([hung], burst=10, window=60)
+    supervisor.start()
+    try:
+        first = hung.process
+        wait_for(lambda: supervisor.check() or "it hangs; killing it" in caplog.text, 15, "the hang to be seen")
+        wait_for(lambda: supervisor.check() or hung.process not in (None, first), 10, "the restart")
+        assert first.returncode == -9 and "restarting it in 1 s" in caplog.text
+    finally:
+        supervisor.stop(timeout=5)

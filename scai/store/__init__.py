@@ -23,7 +23,7 @@ def open_store(settings: Settings) -> Any:
     if not url:
         from scai.sessions import SessionStore
 
-        return SessionStore(settings.session_dir)
+        return SessionStore(settings.session_dir, settings.claim_lease_seconds)
     if url.startswith(REDIS_SCHEMES):
         if settings.running_mode == "job":
             raise ConfigError("job mode needs the session folder; use runtime mode with a Redis store")
