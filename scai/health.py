@@ -29,11 +29,11 @@ def report(settings: Settings, store: Any = None) -> tuple[dict[str, Any], int]:
     root = settings.session_dir
     problems = []
     store = store or open_store(settings)
-    if settings.store:
-        if not store.healthy():
-            return {"status": "session store does not answer", "jobs": {}}, 503
-    elif not (root.is_dir() and os.access(root, os.W_OK)):
-        problems.append("session folder not writable")
+    stored = store.problem()  # the store's own fault, named as such: workers' beats fail with it
+    if stored and settings.store:
+        return {"status": stored, "jobs": {}}, 503
+    if stored:
+        problems.append(stored)
     jobs = {}
     for job in config.JOBS:
         if not config.load_models(settings.usr_dir, job):

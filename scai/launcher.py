@@ -56,7 +56,11 @@ def worker_group(settings: Settings, job: str, processes: int, *extra: str) -> l
     )
     command = worker_command(settings, job, *options)
     env = settings.to_env()
-    return [Child(f"{alias} worker {i + 1}/{processes}", command, env, kind=alias) for i in range(processes)]
+    hang = settings.claim_lease_seconds  # its claims are taken over then too
+    return [
+        Child(f"{alias} worker {i + 1}/{processes}", command, env, kind=alias, hang_seconds=hang)
+        for i in range(processes)
+    ]
 
 
 def run_group(settings: Settings, job: str, processes: int, *extra: str) -> int:
