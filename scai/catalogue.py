@@ -8,7 +8,8 @@ appended to) or a folder on disk holding them.
 A pull never leaves a half-installed model: every file is downloaded to a temporary name in the
 model's folder and checked against its size and digest; only when all of them are good are they
 renamed into place, and the section written (atomically) after them. A failure removes what it
-downloaded and says why.
+downloaded and says why; so does Ctrl-C, SIGTERM or SIGHUP, in one line. Only regular files are
+read from a folder: a FIFO or a device there would block the pull or never end.
 """
 
 from __future__ import annotations
@@ -18,20 +19,23 @@ import hashlib
 import http.client
 import os
 import shutil
+import signal
+import stat
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from scai import config
-from scai.errors import ConfigError, DownloadError
+from scai.errors import ConfigError, DownloadError, Interrupted
 
 #: Folder under ``usr/`` that pulled models go to, one subfolder each.
 MODELS_FOLDER = "models"
@@ -124,6 +128,53 @@ def pull(usr_dir: Path, name: str, source: str | None = None, progress: IO[str] 
     item = entry(name)
     config_path = Path(usr_dir) / f"{item.job}.config"
     _check_editable(config_path)  # before anything is downloaded
+    with _signals_interrupt() as guard:
+        return _install(item, usr_dir, config_path, source, progress, guard)
+
+
+#: Signals that end a pull: it removes what it downloaded first, and says so in one line.
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class _Guard:
+    """Set ``finishing`` once every file is good: from then on a signal no longer stops the pull
+    (renames and one small write), so it never leaves a section without its files."""
+
+    finishing: bool = False
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[_Guard]:
+    """Turn a stopping signal into ``Interrupted``, so that the pull's ``finally`` removes its
+    partial files (a signal's default action would leave them) and the command line prints one
+    line rather than a traceback. Further signals are ignored while that cleanup runs. Only the
+    main thread may set handlers; elsewhere signals keep their handlers."""
+    guard = _Guard()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+
+    def stop(number: int, _frame: object) -> None:
+        if guard.finishing:
+            return
+        for other in STOPPING_SIGNALS:
+            signal.signal(other, signal.SIG_IGN)
+        name = signal.Signals(number).name
+        raise Interrupted(f"stopped by {name}: nothing was installed", number)
+
+    previous = {number: signal.signal(number, stop) for number in STOPPING_SIGNALS}
+    try:
+        yield guard
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _install(
+    item: Entry, usr_dir: Path, config_path: Path, source: str | None, progress: IO[str] | None, guard: _Guard
+) -> Path:
+    """``pull`` once the config is known to be editable: download, check, place, configure."""
     folder = Path(usr_dir) / MODELS_FOLDER / item.name
     folder.mkdir(parents=True, exist_ok=True)
     downloaded: list[tuple[Path, Path]] = []  # (temporary, final)
@@ -134,9 +185,10 @@ def pull(usr_dir: Path, name: str, source: str | None = None, progress: IO[str] 
             if target.is_file() and _digest_of(target) == file.sha256:
                 continue  # installed before, and unchanged
             handle, temporary = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".partial", dir=folder)
+            downloaded.append((Path(temporary), target))  # first: the finally removes it, whatever comes
             os.close(handle)  # a name of its own: pulls at the same time never share one
-            downloaded.append((Path(temporary), target))
             _fetch(file, _location(file, source), Path(temporary), progress or sys.stderr)
+        guard.finishing = True
         for temporary, target in downloaded:
             os.replace(temporary, target)
             placed.append(target)
@@ -227,10 +279,25 @@ def _is_url(location: str) -> bool:
 
 
 def _open(location: str) -> IO[bytes]:
+    """A reader of ``location``: an HTTP response, or a regular file (a ``file:`` URL too)."""
+    parts = urllib.parse.urlsplit(location)
+    if parts.scheme == "file":
+        return _open_regular(urllib.request.url2pathname(parts.path))
     if _is_url(location):
         request = urllib.request.Request(location, headers={"User-Agent": "scai-models-pull"})
         return urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
-    return open(location, "rb")
+    return _open_regular(location)
+
+
+def _open_regular(path: str) -> IO[bytes]:
+    """Open a file that must be a regular one. Opened without blocking, then checked: a FIFO
+    would block the open until a writer came, a device might never end."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise DownloadError(f"{path} is not a regular file (nothing was installed)")
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")
 
 
 def _digest_of(path: Path) -> str:

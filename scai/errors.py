@@ -97,6 +97,15 @@ class DownloadError(ScaiError):
     """A model file that could not be fetched, or is not the pinned file; nothing was installed."""
 
 
+class Interrupted(ScaiError):
+    """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped a command after it cleaned up; it exits with
+    128 + the signal's number, as a shell reports a process a signal ended."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
 class DatasetError(ConfigError):
     """A training or evaluation folder that cannot be used."""
 

@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import ROOT, free_port, wait_for
 
 from scai import catalogue
 from scai.catalogue import Entry, File
@@ -87,9 +93,6 @@ def test_a_config_that_cannot_be_updated_installs_nothing(tiny, tmp_path, capsys
 
 def test_a_broken_mirror_is_one_line(tiny, tmp_path, capsys) -> None:
     """A server that closes the connection in the middle of the body (http.client.IncompleteRead)."""
-    import socket
-    import threading
-
     listener = socket.create_server(("127.0.0.1", 0))
 
     def half_answer() -> None:
@@ -118,3 +121,56 @@ def test_a_bad_mirror_url_or_a_config_that_does_not_parse_is_one_line(tiny, tmp_
     (usr / f"{DETECTION}.config").write_text("[a]\nPATH_TO_CKPT = x\n[a]\nPATH_TO_CKPT = y\n", encoding="utf-8")
     assert main(["models", "pull", "tiny", "--from", str(mirror), "--usr", str(usr)]) == 2
     assert "cannot be read" in capsys.readouterr().err and not (usr / "models").exists()
+
+
+def _pull_command(usr: Path, source: str) -> list[str]:
+    """``scai models pull coco-ssd`` in a process of its own (the real catalogue entry)."""
+    return [sys.executable, "-m", "scai", "models", "pull", "coco-ssd", "--from", source, "--usr", str(usr)]
+
+
+@pytest.mark.parametrize("as_url", [False, True])
+def test_a_fifo_in_the_mirror_folder_is_refused_not_waited_on(tmp_path, as_url: bool) -> None:
+    """Only regular files are read: opening a FIFO used to block the pull until a writer came."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    os.mkfifo(mirror / "ssd_mobilenet_v1_coco_quant.tflite")
+    usr = tmp_path / "usr"
+    source = mirror.as_uri() if as_url else str(mirror)
+    done = subprocess.run(_pull_command(usr, source), capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].endswith(
+        "ssd_mobilenet_v1_coco_quant.tflite is not a regular file (nothing was installed)"
+    ), done.stderr
+    assert not (usr / "models").exists()
+
+
+@pytest.mark.parametrize("stopping", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_mid_download_removes_the_partial_file_in_one_line(tmp_path, stopping: signal.Signals) -> None:
+    """A mirror that sends part of the model and stalls; the pull is stopped there. A SIGTERM
+    used to leave ``.partial`` files, Ctrl-C a traceback."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+
+    def stall() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4185023\r\n\r\n" + b"x" * 300_000)
+        release.wait(30)
+        connection.close()
+
+    threading.Thread(target=stall, daemon=True).start()
+    usr = tmp_path / "usr"
+    folder = usr / "models" / "coco-ssd"
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    pulling = subprocess.Popen(_pull_command(usr, url), stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        wait_for(lambda: any(p.stat().st_size for p in folder.glob("*.partial")), 30, "part of the download")
+        pulling.send_signal(stopping)
+        error = pulling.communicate(timeout=30)[1]
+    finally:
+        release.set()
+        pulling.kill()
+        listener.close()
+    assert pulling.returncode == 128 + stopping, error
+    assert "Traceback" not in error
+    assert error.strip().splitlines()[-1] == f"scai: stopped by {stopping.name}: nothing was installed", error
+    assert not (usr / "models").exists(), list(usr.rglob("*"))
