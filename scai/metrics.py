@@ -10,25 +10,36 @@ in-process tests) the values are this process's.
 
 Counters of processes that ended stay in their files and keep counting (a worker killed and
 restarted does not take its sessions with it). Queue depth, oldest wait and live workers are
-read from the session store at scrape time: they are the store's facts, not a process's.
+read from the session store at scrape time: they are the store's facts, not a process's; so are
+the session folder's size and its disk's free space (``session_folder_usage``).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
+from contextlib import suppress
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from scai.config import ALIAS_OF_JOB, JOBS, Settings, load_models
 from scai.errors import StoreUnavailable
+from scai.sessions import is_session_id
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Request latencies, and inference times (a TFLite model takes milliseconds, a TF1 detector on a
 #: large photo seconds).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+#: A scrape reuses a process's measure of the session folder this long (Prometheus scrapes every
+#: 15 s or so; the folder's size moves slowly).
+FOLDER_CACHE_SECONDS = 30.0
+#: Sessions measured file by file; past this many, a random sample of them is measured and the
+#: rest estimated from it, so a scrape never walks a day of uploads (a million sessions).
+FOLDER_SAMPLE = 1000
 
 
 def enable(settings: Settings) -> None:
@@ -136,9 +147,62 @@ class StoreCollector:
         except StoreUnavailable:  # the processes' own values are still worth a scrape
             up.add_metric([], 0)
             yield up
+            yield from self._folder()
             return
         up.add_metric([], 1)
         yield from (up, depth, oldest, workers)
+        yield from self._folder()
+
+    def _folder(self) -> Any:
+        """The session folder's sessions, their bytes on disk and the disk's free bytes (not with
+        Redis, which keeps sessions in its own memory)."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        root = self.settings.session_dir
+        if self.settings.store or not root.is_dir():
+            return
+        sessions, used = session_folder_usage(root)
+        yield GaugeMetricFamily("scai_sessions_stored", "Sessions in the session folder", value=sessions)
+        yield GaugeMetricFamily(
+            "scai_session_folder_bytes", "Disk space the sessions take (estimated past FOLDER_SAMPLE)", value=used
+        )
+        usage = os.statvfs(root)
+        yield GaugeMetricFamily(
+            "scai_disk_free_bytes", "Free space of the session folder's disk", value=usage.f_bavail * usage.f_frsize
+        )
+
+
+#: Session folder -> (when measured, sessions, bytes), per process.
+_folder_usage: dict[Path, tuple[float, int, int]] = {}
+
+
+def session_folder_usage(root: Path) -> tuple[int, int]:
+    """How many sessions the folder holds, and the disk space they take (blocks, so a 73 KB upload
+    counts what the disk gives it). Exact up to ``FOLDER_SAMPLE`` sessions, estimated from a
+    random sample of that many above it; measured again after ``FOLDER_CACHE_SECONDS``."""
+    now = time.monotonic()
+    cached = _folder_usage.get(root)
+    if cached is not None and now - cached[0] < FOLDER_CACHE_SECONDS:
+        return cached[1], cached[2]
+    with os.scandir(root) as entries:
+        names = [entry.name for entry in entries if is_session_id(entry.name)]
+    sample = names if len(names) <= FOLDER_SAMPLE else random.sample(names, FOLDER_SAMPLE)
+    measured = sum(_disk_bytes(root / name) for name in sample)
+    used = measured * len(names) // max(len(sample), 1)
+    _folder_usage[root] = (now, len(names), used)
+    return len(names), used
+
+
+def _disk_bytes(folder: Path) -> int:
+    """The blocks of a session folder and of the files in it, in bytes; 0 for one cleaned away."""
+    total = 0
+    with suppress(FileNotFoundError, NotADirectoryError):
+        total = folder.stat().st_blocks * 512
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                with suppress(FileNotFoundError):
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+    return total
 
 
 def render(collector: StoreCollector) -> tuple[bytes, str]:

@@ -153,3 +153,22 @@ def test_job_mode_processes_share_their_slot_files(tmp_path: Path) -> None:
         assert value(scraped, "scai_sessions_total", job="classify", model="default", state="complete") == 6
     finally:
         server.stop()
+
+
+def test_the_session_folder_size_is_a_gauge(client, settings, monkeypatch) -> None:
+    """What the sessions take on disk (blocks, as ``du`` counts them), how many there are, and the
+    disk's free space: under load the folder grows by megabytes a second."""
+    from scai import metrics
+
+    for _ in range(4):
+        upload(client, tiny_png(size=(64, 64)))
+    root = settings.session_dir
+    sessions = [folder for folder in root.iterdir() if folder.name.startswith("d-")]
+    on_disk = sum(path.stat().st_blocks * 512 for folder in sessions for path in (folder, *folder.iterdir()))
+    scraped = samples(client.get("/metrics").text)
+    assert value(scraped, "scai_sessions_stored") == 4
+    assert value(scraped, "scai_session_folder_bytes") == on_disk > 0
+    assert value(scraped, "scai_disk_free_bytes") > 0
+    monkeypatch.setattr(metrics, "FOLDER_SAMPLE", 2)  # past the sample: estimated from 2 of the 4
+    monkeypatch.setattr(metrics, "_folder_usage", {})
+    assert metrics.session_folder_usage(root) == (4, on_disk), "4 sessions of the same size"
