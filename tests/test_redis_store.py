@@ -4,12 +4,16 @@ claim, the completion fence, recovery of a dead worker's entries, poison images,
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 from conftest import free_port, wait_for
 
+from scai import health, liveness
+from scai.config import Settings
 from scai.errors import SessionNotFound, StoreUnavailable
 from scai.sessions import COMPLETE, FAILURE, PROCESSING
 from scai.store.redis_streams import MAX_DELIVERIES, RedisStore
@@ -180,3 +184,26 @@ def test_an_unreadable_state_fails_its_session_not_the_batch(make_store, tmp_pat
     assert [portal.state(i)["state"] for i in ids] == [COMPLETE, FAILURE, COMPLETE]
     assert portal.state(ids[1])["message"].startswith("internal error: unreadable session state")
     assert portal.pending_claims(JOB) == 0
+
+
+def test_health_names_a_store_out_of_memory_and_counts_only_live_local_workers(make_store, tmp_path) -> None:
+    """A Redis out of memory answers PING but refuses every upload: /healthz said "no live
+    classify worker" (their beats failed too). Now it names the store. And a worker of this
+    machine that died is not counted, however fresh its last beat."""
+    store = make_store("portal")
+    settings = Settings(session_dir=tmp_path / "session", usr_dir=tmp_path, store="redis://127.0.0.1/0")
+    code = "from scai import liveness; print(liveness.own_name())"
+    dead = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    store.beat(JOB, dead.stdout.strip())
+    store.beat(JOB, liveness.own_name())
+    store.beat(JOB, "elsewhere-1")
+    assert store.live_workers(JOB, 15) == 2, "the dead local worker is not counted"
+    assert store.redis.zcard(store._workers(JOB)) == 2, "and its heartbeat is removed"
+    store.redis.config_set("maxmemory", 1)
+    try:
+        assert store.problem() == "session store refuses writes (out of memory or read-only)"
+        body, status = health.report(settings, store)
+        assert status == 503 and body["status"] == store.problem()
+    finally:
+        store.redis.config_set("maxmemory", 0)
+    assert store.problem() is None
