@@ -87,14 +87,15 @@ def configured(settings: Any) -> frozenset[bytes]:
 
 def presented() -> str | None:
     """The key this request carries: the Bearer header, ``X-API-Key``, or the form field (read
-    last, so that a request with a header key is never parsed for it)."""
+    last, so that a request with a header key is never parsed for it). Each is trimmed alike:
+    keys hold no spaces, and clients pad them (a key pasted with its line break)."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    if request.headers.get(KEY_HEADER):
+    if request.headers.get(KEY_HEADER, "").strip():
         return request.headers[KEY_HEADER].strip()
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        return request.form.get(FORM_FIELD) or None
+        return request.form.get(FORM_FIELD, "").strip() or None
     return None
 
 

@@ -37,6 +37,7 @@ def uwsgi_command(settings: Settings, host: str, port: int) -> list[str]:
         "--listen", str(config.listen_backlog()),
         "--chdir", str(ROOT), "--virtualenv", sys.prefix, "--module", "run:application",
         "--buffer-size", "32768", "--wsgi-disable-file-wrapper",
+        "--chunked-input-limit", str(settings.max_upload_bytes),  # one chunk may be the whole upload
         "--disable-logging", "--log-4xx", "--log-5xx", "--log-format", config.UWSGI_LOG_FORMAT,
         "--ignore-sigpipe", "--ignore-write-errors",
         "--disable-write-exception",

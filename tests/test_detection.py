@@ -20,6 +20,8 @@ from conftest import (
     needs_assets,
     reference_detections,
     scai_command,
+    stop,
+    wait_for,
     write_usr,
 )
 from PIL import Image
@@ -28,6 +30,7 @@ from object_detection import label_map
 from scai import config
 from scai.config import ConfigError, ModelSpec
 from scai.engines import load_detector
+from scai.sessions import SessionStore
 
 pytestmark = [needs_assets, pytest.mark.slow]
 
@@ -260,19 +263,25 @@ def frozen_graph_without_scores(path: Path) -> Path:
     ],
     ids=["frozen-graph", "classifier-tflite"],
 )
-def test_a_model_of_the_wrong_layout_stops_the_worker_at_start(tmp_path: Path, model, missing: str) -> None:
+def test_a_model_of_the_wrong_layout_fails_its_sessions_not_the_worker(tmp_path: Path, model, missing: str) -> None:
+    """The worker names the missing output at start-up and keeps serving: an exit would stop
+    every detection model, and the supervisor would not restart it."""
     path = frozen_graph_without_scores(tmp_path / "broken.pb") if model == "frozen" else model
     (tmp_path / "object_detection.config").write_text(f"[default]\nPATH_TO_CKPT = {path}\n")
     with pytest.raises(ConfigError, match=re.escape(missing)):
         load_detector(config.load_models(tmp_path, config.DETECTION)["default"])
-    run = subprocess.run(
-        scai_command("worker", "detect", "--usr", str(tmp_path), "--session-dir", str(tmp_path / "s")),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 2 and missing in run.stderr and "Traceback" not in run.stderr
+    store = SessionStore(tmp_path / "s")
+    session, _ = store.create(config.DETECTION, "default", (IMAGES / "grace_hopper.jpg").read_bytes(), "jpg", "p.jpg")
+    log = tmp_path / "worker.log"
+    command = scai_command("worker", "detect", "--usr", str(tmp_path), "--session-dir", str(tmp_path / "s"))
+    worker = subprocess.Popen(command, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        failed = wait_for(lambda: store.state(session)["state"] == "failure" and store.state(session), 120, "a failure")
+        assert failed["message"].startswith("model 'default' unavailable") and missing in failed["message"]
+        assert worker.poll() is None, log.read_text()
+        assert missing in log.read_text() and "Traceback" not in log.read_text()
+    finally:
+        stop(worker)
 
 
 def test_detect_command_writes_the_annotated_png(tmp_path: Path) -> None:

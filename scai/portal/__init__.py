@@ -11,6 +11,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from scai import metrics
 from scai.config import ROOT, Settings
 from scai.errors import QueueFull, ScaiError, Unauthorized
+from scai.portal.chunked import terminate_chunked
 from scai.portal.multipart import UploadFormParser
 
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("scai", template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.request_class = UploadRequest
+    app.wsgi_app = terminate_chunked(app.wsgi_app)  # type: ignore[method-assign]
     app.json.sort_keys = False  # keep top-k results in score order
     app.extensions["scai"] = settings
 
@@ -85,7 +87,7 @@ def security_headers(response: Response) -> Response:
 def json_error(error: HTTPException) -> tuple[Response, int]:
     """Every error as JSON with its real status, so API clients never parse an HTML page."""
     code = error.code or 500
-    message = error.description
+    message = error.description or error.name
     if isinstance(error, RequestEntityTooLarge) and error.description == RequestEntityTooLarge.description:
         limit = current_app.config["MAX_CONTENT_LENGTH"]
         message = f"the upload is larger than the limit of {limit / 1024 / 1024:g} MB"
@@ -107,6 +109,14 @@ def with_error_headers(response: Response, error: ScaiError) -> Response:
     return response
 
 
+#: The DeepStack / CodeProject.AI routes (see ``deepstack``): every error under them has their shape.
+DEEPSTACK_PREFIX = "/v1"
+
+
 def error_response(code: int, message: str, name: str | None = None) -> tuple[Response, int]:
-    """``{"error", "message", "status"}``: the one shape of every error the portal sends."""
+    """The one shape of every error the portal sends: ``{"error", "message", "status"}``, and
+    under ``/v1/`` DeepStack's ``{"success": false, "error", "code"}``, which its clients read
+    whatever went wrong (a route that does not exist, a body too large, a store that is down)."""
+    if request.path.startswith(DEEPSTACK_PREFIX + "/"):
+        return jsonify(success=False, error=message, code=code), code
     return jsonify(error=name or HTTP_STATUS_CODES.get(code, "Error"), message=message, status=code), code

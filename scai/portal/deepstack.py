@@ -12,9 +12,10 @@ detected upright (as every SCAI route does), and its boxes are then turned back 
 pixel grid, which is what these clients measure (they open the image without applying EXIF).
 Predictions come best first: Frigate stops reading at the first one below 0.4.
 
-Errors have DeepStack's shape, ``{"success": false, "error": ..., "code": N}``: 400 for what is
-not an image or a ``min_confidence`` outside 0..1, 401 for a missing or wrong API key, 404 for an
-unknown custom model.
+Errors have DeepStack's shape, ``{"success": false, "error": ..., "code": N}`` (the portal's error
+handlers give it to every error under ``/v1/``, routing errors included): 400 for what is not an
+image or a ``min_confidence`` outside 0..1, 401 for a missing or wrong API key, 404 for an unknown
+custom model, 413 for a body over the upload limit.
 """
 
 from __future__ import annotations
@@ -24,38 +25,22 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, abort, after_this_request, jsonify, request
-from werkzeug.exceptions import HTTPException
 
 from object_detection.boxes import Box
 from scai import __version__, apikeys, config, imaging
 from scai.config import CLASSIFICATION, DETECTION
-from scai.errors import ScaiError, SessionNotFound
-from scai.portal import with_error_headers
+from scai.errors import SessionNotFound
+from scai.portal import DEEPSTACK_PREFIX
 from scai.portal.uploads import accept_upload, fraction, settings, store
 from scai.sessions import COMPLETE, FAILURE, SERVER
 
-bp = Blueprint("deepstack", __name__, url_prefix="/v1")
+bp = Blueprint("deepstack", __name__, url_prefix=DEEPSTACK_PREFIX)
 log = logging.getLogger("scai.portal")
 
 #: DeepStack's default for ``min_confidence``.
 DEFAULT_MIN_CONFIDENCE = 0.40
 #: The section ``/v1/vision/detection`` prefers, installed by ``scai models pull coco-ssd``.
 COCO_SECTION = "coco-ssd"
-
-
-def _error(code: int, message: str) -> tuple[Response, int]:
-    return jsonify(success=False, error=message, code=code), code
-
-
-@bp.errorhandler(ScaiError)
-def scai_error(error: ScaiError) -> tuple[Response, int]:
-    response, code = _error(error.http_status, error.message)
-    return with_error_headers(response, error), code
-
-
-@bp.errorhandler(HTTPException)
-def http_error(error: HTTPException) -> tuple[Response, int]:
-    return _error(error.code or 500, error.description or error.name)
 
 
 def _min_confidence() -> float:
@@ -176,7 +161,7 @@ def custom_list() -> Response:
 @apikeys.required
 def custom(model: str) -> tuple[Response, int]:
     if model not in config.load_models(settings().usr_dir, DETECTION):
-        return _error(404, f"no custom model {model!r}; POST /v1/vision/custom/list names them")
+        abort(404, f"no custom model {model!r}; POST /v1/vision/custom/list names them")
     return _detect(model)
 
 

@@ -3,15 +3,18 @@
 Werkzeug's parser compiles two regular expressions for every request, because each names its own
 boundary: about a quarter of a millisecond of a 9 ms classification, before the worker can start.
 python-multipart (the parser Starlette uses) finds the boundary with a plain search. The rules stay
-Werkzeug's: a part with a filename is a file and every other part a form field; a field may hold
-at most ``max_form_memory_size`` bytes and a body at most ``max_form_parts`` parts (413 beyond);
-only parts that end properly count, so a cut-off body yields no file and the view says what is
-missing.
+Werkzeug's: a part with a filename is a file and every other part a form field; a field, and a
+header line of a part, may hold at most ``max_form_memory_size`` bytes and a body at most
+``max_form_parts`` parts (413 beyond, saying which); only parts that end properly count, so a
+cut-off body yields no file and the view says what is missing. (python-multipart's own header
+limits, 4 KB a line and 8 lines a part, are off: it reports them as a malformed body, which
+Werkzeug's form parser drops in silence, so a file name of 8,000 characters became "no image".)
 """
 
 from __future__ import annotations
 
 import io
+import sys
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -38,7 +41,7 @@ class Parts:
 
     def __init__(self, max_parts: int | None, max_field_bytes: int | None) -> None:
         self.max_parts = max_parts
-        self.max_field_bytes = max_field_bytes
+        self.max_field_bytes = max_field_bytes  # a field's value, and a header line
         self.done: list[Part] = []
         self.part = Part()
         self.header = [b"", b""]
@@ -61,6 +64,9 @@ class Parts:
 
     def _header(self, index: int, data: bytes) -> None:
         self.header[index] += data
+        size = len(self.header[0]) + len(self.header[1])
+        if self.max_field_bytes is not None and size > self.max_field_bytes:
+            raise RequestEntityTooLarge(f"a header of a form part is larger than {self.max_field_bytes} bytes")
 
     def header_end(self) -> None:
         # UTF-8, as Werkzeug reads them (browsers send a file's name so)
@@ -89,7 +95,7 @@ class UploadFormParser(FormDataParser):
         if not boundary:
             raise ValueError("Missing boundary")
         parts = Parts(self.max_form_parts, self.max_form_memory_size)
-        parser = MultipartParser(boundary, parts.callbacks())
+        parser = MultipartParser(boundary, parts.callbacks(), max_header_count=sys.maxsize, max_header_size=sys.maxsize)
         while chunk := stream.read(CHUNK):
             parser.write(chunk)
         parser.finalize()

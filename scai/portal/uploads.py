@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import mimetypes
+import os
 from contextlib import suppress
 from typing import Any
 
@@ -72,10 +73,24 @@ def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | 
     info = imaging.inspect(data, settings().max_pixels)
     name = model_name(job, model)
     refuse_when_full(job)
-    filename = secure_filename(upload.filename or "") or f"upload.{info.ext}"
+    filename = safe_filename(upload.filename or "", info.ext)
     session_id, key = store().create(job, name, data, info.ext, filename, options or {})
     start_job_worker_if_needed(job)
     return {"sessname": session_id, "sesskey": key, "filename": filename, "model": name}
+
+
+#: The longest file name a session keeps and reports (a file system's limit, though it is never a path).
+MAX_FILENAME = 255
+
+
+def safe_filename(name: str, ext: str) -> str:
+    """The client's file name as a session keeps it: ASCII with no path in it
+    (``secure_filename``), at most ``MAX_FILENAME`` characters with its extension kept, or
+    ``upload.EXT`` when nothing is left of it."""
+    safe = secure_filename(name) or f"upload.{ext}"
+    stem, suffix = os.path.splitext(safe)
+    suffix = suffix[:16]
+    return stem[: MAX_FILENAME - len(suffix)] + suffix
 
 
 def start_job_worker_if_needed(job: str) -> None:

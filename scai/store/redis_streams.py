@@ -23,6 +23,7 @@ subscribes before it reads the state, so no change is missed. Job streams are ne
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -48,6 +49,8 @@ from scai.sessions import (
     new_session_id,
     now_iso,
 )
+
+log = logging.getLogger("scai.store")
 
 GROUP = "workers"
 #: An entry handed out this many times without completing fails its session.
@@ -508,18 +511,25 @@ class RedisStore:
             return False
 
     def _run(self, call: Any, *args: Any, **kwargs: Any) -> Any:
-        """A Redis call whose connection failures become ``StoreUnavailable`` (503, retry)."""
+        """A Redis call whose connection failures become ``StoreUnavailable`` (503, retry). Its
+        message reaches clients, so it names no address, command or key: the log has those."""
         try:
             return call(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise StoreUnavailable(f"the session store does not answer: {error}") from None
+            raise unavailable("it does not answer", error) from None
         except (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError) as error:
-            raise StoreUnavailable(f"the session store refuses writes: {error}") from None
+            raise unavailable("it refuses writes", error) from None
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
             self._groups.clear()  # Redis lost the stream (restarted empty, flushed): make it again
-            raise StoreUnavailable("the session store lost its queue; try again") from None
+            raise unavailable("it lost its queue", error) from None
+
+
+def unavailable(why: str, error: redis.RedisError) -> StoreUnavailable:
+    """``StoreUnavailable`` for a client, the Redis error's text (address, command, key) in the log."""
+    log.warning("the session store is unavailable: %s", error)
+    return StoreUnavailable(f"the session store is unavailable ({why}); try again shortly")
 
 
 class StreamQueue:
