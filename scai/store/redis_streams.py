@@ -36,11 +36,12 @@ from typing import Any
 
 import redis
 
+from scai import liveness
 from scai.errors import SessionNotFound, StoreUnavailable
 from scai.sessions import (
-    FAILURE,
     FINAL_STATES,
     INITIALIZATION,
+    MAX_DELIVERIES,
     PROCESSING,
     is_session_id,
     json_bytes,
@@ -48,13 +49,14 @@ from scai.sessions import (
     new_key,
     new_session_id,
     now_iso,
+    poisoned,
 )
 
 log = logging.getLogger("scai.store")
 
 GROUP = "workers"
-#: An entry handed out this many times without completing fails its session.
-MAX_DELIVERIES = 3
+#: The key ``problem`` writes to find out whether Redis takes writes.
+HEALTH_KEY = "scai:health"
 #: A worker (heartbeat, stream consumer) silent this long is forgotten.
 FORGET_SECONDS = 3600.0
 
@@ -408,11 +410,10 @@ class RedisStore:
             detail = self._run(self.redis.xpending_range, self._pool(job), GROUP, claim.entry, claim.entry, 1)
             claim.deliveries = detail[0]["times_delivered"] if detail else 1
         self._forget_consumers(job)
-        poisoned = [c for c in claims if c.deliveries > MAX_DELIVERIES]
-        for claim in poisoned:
-            message = f"failed: the image stopped {MAX_DELIVERIES} workers (delivered {claim.deliveries} times)"
-            self.finish(claim, {"state": FAILURE, "message": message})
-        return [c for c in claims if c not in poisoned]
+        stopped = [c for c in claims if c.deliveries > MAX_DELIVERIES]
+        for claim in stopped:
+            self.finish(claim, poisoned(claim.deliveries))
+        return [c for c in claims if c not in stopped]
 
     def beat(self, job: str, worker: str) -> None:
         """Say that ``worker`` serves ``job`` now; forget workers silent for ``FORGET_SECONDS``
@@ -433,7 +434,13 @@ class RedisStore:
         self._run(self.redis.zrem, self._workers(job), worker)
 
     def live_workers(self, job: str, within: float) -> int:
-        return int(self._run(self.redis.zcount, self._workers(job), time.time() - within, "+inf"))
+        """Workers with a heartbeat at most ``within`` seconds old; those of this machine only
+        while their process lives (see ``liveness``): a dead one's heartbeat is removed."""
+        names = self._run(self.redis.zrangebyscore, self._workers(job), time.time() - within, "+inf")
+        dead = [name for name in names if liveness.local_alive(name.decode()) is False]
+        if dead:
+            self._run(self.redis.zrem, self._workers(job), *dead)
+        return len(names) - len(dead)
 
     def queue_depth(self, job: str, stop_at: int | None = None) -> int:
         """Sessions queued and not yet handed to a worker (``stop_at``: the folder's; Redis
@@ -505,10 +512,18 @@ class RedisStore:
         return True
 
     def healthy(self) -> bool:
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        """Why uploads cannot be stored now, or None. A write, not a PING: a Redis out of
+        memory still answers PING while it refuses every upload."""
         try:
-            return bool(self.redis.ping())
+            self.redis.set(HEALTH_KEY, b"1", ex=60)
+        except (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError):
+            return "session store refuses writes (out of memory or read-only)"
         except redis.RedisError:
-            return False
+            return "session store does not answer"
+        return None
 
     def _run(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         """A Redis call whose connection failures become ``StoreUnavailable`` (503, retry). Its
