@@ -336,6 +336,19 @@ class SessionStore:
         listed whole for every upload)."""
         return _count_markers(self.pool(job), stop_at)
 
+    def holder(self, job: str, session_id: str) -> int | None:
+        """The pid of the process whose lock holds a session's claim on this machine, from
+        /proc/locks (None: nobody holds it). For fault tests and operators: which worker to look at."""
+        try:
+            inode = str((self.claimed(job) / session_id).stat().st_ino)
+        except (FileNotFoundError, SessionNotFound):
+            return None
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == inode:
+                return int(fields[4])
+        return None
+
     def pending_claims(self, job: str) -> int:
         """Sessions claimed by workers and not yet finished (markers in ``claimed/``)."""
         return _count_markers(self.claimed(job))

@@ -31,19 +31,6 @@ def workers_of(server: Server) -> set[int]:
     return {int(line.split()[0]) for line in out.stdout.splitlines() if "worker classify" in line}
 
 
-def holder_of(store: SessionStore, session_id: str) -> int | None:
-    """The pid whose flock holds the session's claimed marker (None: nobody holds it now)."""
-    try:
-        inode = str((store.claimed(CLASSIFICATION) / session_id).stat().st_ino)
-    except FileNotFoundError:
-        return None
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == inode:
-            return int(fields[4])
-    return None
-
-
 def large_png() -> bytes:
     """40 megapixels: decoding takes long enough to catch the worker holding it."""
     row = np.random.default_rng(1).integers(0, 255, (1, 8000, 3), dtype=np.uint8)
@@ -66,7 +53,7 @@ def test_an_upload_that_kills_its_workers_fails_after_three_and_the_job_kind_kee
         def holder_or_end() -> int | bool:
             if store.state(session_id)["state"] in FINAL_STATES:
                 return True
-            holder = holder_of(store, session_id)
+            holder = store.holder(CLASSIFICATION, session_id)
             return holder not in killed and holder or False
 
         for _ in range(10):  # the issue's repro: kill whichever worker holds it, 10 times
