@@ -2,7 +2,7 @@
 
     make bench-compare
     .venv/bin/python bench/compare.py [--seconds 8] [--repeat 3] [--clients 1,16] [--only classify|detect]
-                                      [--json results.json] [--scai-cmd "..."]
+                                      [--json results.json] [--scai-cmd "..."] [--scai-also NAME=CMD ...]
 
 The peers (bench/peers/, in their own venv bench/.peers-venv, built here on first use) do what a
 short server does: decode the upload with PIL, resize the whole photo, run a one-thread LiteRT
@@ -25,7 +25,11 @@ What it measures:
     (VmRSS summed over the process tree, and its largest process), and the share of the machine's
     CPU that other processes took meanwhile: a round with a high "other CPU %" ran on a busy machine.
 
-Compare ratios rather than absolute numbers: the machine has few cores and is shared.
+Compare ratios rather than absolute numbers: the machine has few cores and is shared. To compare
+two versions of SCAI, add the other as a server of its own (``--scai-also``, repeatable), for
+example an older tree: ``--scai-also "scai-base=env PYTHONPATH=/tmp/base {bin}/scai serve --port
+{port} --session-dir {session} --usr {usr}"``; every SCAI gets its ratios to the best peer, and
+each other SCAI's to the first.
 """
 
 from __future__ import annotations
@@ -155,19 +159,30 @@ def launch(name: str, command: list[str], cwd: Path, env: dict[str, str], log: P
         )
 
 
-def start_servers(tmp: Path, peers_bin: Path, scai_cmd: str, classifier: Path, servers: list[Server]) -> None:
-    """SCAI, plain-flask and litserve, each on a free loopback port, all starting at once; each is
-    appended to ``servers`` as soon as it runs, so that the caller stops it whatever happens next."""
+def is_scai(name: str) -> bool:
+    """SCAI itself and the versions of it added with --scai-also (named scai-...)."""
+    return name == "scai" or name.startswith("scai-")
+
+
+def start_scai(name: str, template: str, tmp: Path, servers: list[Server]) -> None:
+    """One SCAI from its command template, with a session folder of its own and the shared usr."""
+    port, session, log = free_port(), tmp / name / "session", tmp / f"{name}.log"
+    command = shlex.split(template.format(bin=Path(sys.executable).parent, port=port, session=session, usr=tmp / "usr"))
+    process = launch(name, command, ROOT, dict(os.environ), log)
+    paths = {"classify": "/api/v1/classify?wait=30", "detect": "/api/v1/detect?wait=30"}
+    servers.append(Server(name, port, "/healthz", paths, process, log))
+
+
+def start_servers(tmp: Path, peers_bin: Path, scais: dict[str, str], classifier: Path, servers: list[Server]) -> None:
+    """Every SCAI (name -> command template), plain-flask and litserve, each on a free loopback
+    port, all starting at once; each is appended to ``servers`` as soon as it runs, so that the
+    caller stops it whatever happens next."""
     cores = str(os.cpu_count() or 1)
     env = dict(os.environ, PEER_CLASSIFY_MODEL=str(classifier))
     env.update(PEER_DETECT_MODEL=str(DETECT_MODEL), PEER_DETECT_LABELS=str(DETECT_LABELS))
-    usr = tmp / "usr"
-    write_usr(usr)
-    port = free_port()
-    command = shlex.split(scai_cmd.format(bin=Path(sys.executable).parent, port=port, session=tmp / "session", usr=usr))
-    process = launch("scai", command, ROOT, dict(os.environ), tmp / "scai.log")
-    paths = {"classify": "/api/v1/classify?wait=30", "detect": "/api/v1/detect?wait=30"}
-    servers.append(Server("scai", port, "/healthz", paths, process, tmp / "scai.log"))
+    write_usr(tmp / "usr")
+    for name, template in scais.items():
+        start_scai(name, template, tmp, servers)
     port = free_port()
     # gunicorn 27 opens a control socket in ~/.gunicorn by default: not wanted for a benchmark.
     command = [str(peers_bin / "gunicorn"), "-w", cores, "-b", f"127.0.0.1:{port}", "--no-control-socket"]
@@ -582,25 +597,33 @@ def print_tables(plan: list[Scenario], best: dict[tuple[str, str], Round], repea
                 f"{row.server:<12}{row.rps:>8.1f}{fmt(row.p50_ms):>9}{fmt(row.p95_ms):>9}{row.errors:>8}"
                 f"{memory:>21}{row.other_cpu_pct:>13.0f}{row.server_cpu_pct:>14.0f}{row.client_cpu_pct:>14.0f}{busy}"
             )
-        ratio = scai_ratio(scenario, rows)
-        if ratio:
-            ratios.append(ratio)
-            p50 = f", p50 {ratio['p50_ratio']:.2f}x ({ratio['p50_peer']})" if "p50_ratio" in ratio else ""
-            print(f"SCAI / best peer: rps {fmt(ratio['rps_ratio'], '.2f')}x ({ratio['rps_peer']}){p50}")
+        for scai in [row for row in rows if is_scai(row.server)]:
+            ratio = scai_ratio(scenario, scai, [row for row in rows if not is_scai(row.server)])
+            if ratio:
+                ratios.append(ratio)
+                p50 = f", p50 {ratio['p50_ratio']:.2f}x ({ratio['p50_peer']})" if "p50_ratio" in ratio else ""
+                print(f"{scai.server} / best peer: rps {fmt(ratio['rps_ratio'], '.2f')}x ({ratio['rps_peer']}){p50}")
+        print_versions(sorted((row for row in rows if is_scai(row.server)), key=lambda row: row.server != "scai"))
     if any(row.other_cpu_pct > BUSY_MACHINE for row in best.values()):
         busy = f"other processes took over {BUSY_MACHINE:.0f}% of the machine during the rounds marked *"
         print(f"\n* {busy}: rerun, or raise --repeat")
     return ratios
 
 
-def scai_ratio(scenario: Scenario, rows: list[Round]) -> dict[str, Any] | None:
+def print_versions(scais: list[Round]) -> None:
+    """Each other SCAI (--scai-also) against the first: rate and p50 ratios."""
+    for other in scais[1:]:
+        rps = other.rps / scais[0].rps if scais[0].rps else None
+        p50 = other.p50_ms / scais[0].p50_ms if other.p50_ms and scais[0].p50_ms else None
+        print(f"{other.server} / {scais[0].server}: rps {fmt(rps, '.2f')}x, p50 {fmt(p50, '.2f')}x")
+
+
+def scai_ratio(scenario: Scenario, scai: Round, peers: list[Round]) -> dict[str, Any] | None:
     """SCAI's rate over the fastest peer's; with one client also its p50 over the quickest peer's."""
-    scai = next((row for row in rows if row.server == "scai"), None)
-    peers = [row for row in rows if row.server != "scai"]
-    if scai is None or not peers:
+    if not peers:
         return None
     fastest = max(peers, key=lambda row: row.rps)
-    ratio: dict[str, Any] = {"scenario": scenario.name, "rps_peer": fastest.server}
+    ratio: dict[str, Any] = {"scenario": scenario.name, "server": scai.server, "rps_peer": fastest.server}
     ratio["rps_ratio"] = scai.rps / fastest.rps if fastest.rps else None
     timed = [row for row in peers if row.p50_ms is not None]
     if scenario.clients == 1 and timed and scai.p50_ms is not None:
@@ -651,6 +674,13 @@ def parse_args() -> argparse.Namespace:
         default="{bin}/scai serve --port {port} --session-dir {session} --usr {usr}",
         help="how to start SCAI; {bin} (this venv's bin), {port}, {session}, {usr} are filled in",
     )
+    parser.add_argument(
+        "--scai-also",
+        action="append",
+        default=[],
+        metavar="NAME=CMD",
+        help="another SCAI to measure beside it (NAME begins with scai-; CMD as --scai-cmd), repeatable",
+    )
     return parser.parse_args()
 
 
@@ -677,7 +707,10 @@ def main() -> None:
         plan = scenarios(tasks, clients, IMAGES / "grace_hopper.jpg", make_large_photo(tmp / "photo-12mp.jpg"))
         servers: list[Server] = []
         try:
-            start_servers(tmp, peers_bin, args.scai_cmd, classifier, servers)
+            scais = {"scai": args.scai_cmd, **dict(entry.split("=", 1) for entry in args.scai_also)}
+            if not all(is_scai(name) for name in scais):
+                raise SystemExit("--scai-also: each NAME begins with scai- (the others are the peers)")
+            start_servers(tmp, peers_bin, scais, classifier, servers)
             for server in servers:
                 wait_ready(server)
             print("all servers ready", flush=True)

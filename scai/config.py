@@ -150,6 +150,9 @@ class Settings:
         "", "SCAI_METRICS_DIR", "folder the processes share metrics in (default: one in /dev/shm per session folder)"
     )
     keep_seconds: float = setting(86400.0, "SCAI_KEEP_SECONDS", "scai clean removes sessions older than this")
+    client_timeout: float = setting(
+        60.0, "SCAI_CLIENT_TIMEOUT", "scai serve: seconds a client has to send a whole request (408 after)"
+    )
 
     def __post_init__(self) -> None:
         self.session_dir = Path(self.session_dir).resolve()
@@ -163,6 +166,8 @@ class Settings:
             raise ConfigError("the rescan time must be above 0 s and the keep time at least 0 s")
         if not 0 < self.claim_lease_seconds < float("inf"):
             raise ConfigError("the claim lease must be above 0 s")
+        if not 0 < self.client_timeout < float("inf"):
+            raise ConfigError("the client timeout must be above 0 s")
         if self.api_keys and not self.api_keys.replace(",", " ").split():
             raise ConfigError("SCAI_API_KEYS is set but holds no key (keys are separated by commas)")
         if min(self.queue_limit, self.threads) < 0:

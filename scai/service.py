@@ -1,21 +1,26 @@
-"""``scai serve``: the portal under uwsgi and the workers of every job kind, sized to the machine
-and supervised, as one command.
+"""``scai serve``: the portal under uwsgi behind a front that takes whole requests, and the
+workers of every job kind, sized to the machine and supervised, as one command.
 
-The portal runs under uwsgi speaking HTTP itself (``--http-socket``: no router process in
-between), one process per core with threads for the requests that wait on a result. Each job kind
-gets ``Settings.worker_processes`` workers. A child that dies is restarted and logged
+The front (``scai.front``) owns the port: it reads each request's headers and body on an event
+loop, within ``Settings.client_timeout``, so that a slow client holds no thread, and hands only
+whole requests to uwsgi, which speaks HTTP itself (``--http-socket``) on a private Unix socket,
+one process per core with threads for the requests that wait on a result. Each job kind gets
+``Settings.worker_processes`` workers. A child that dies is restarted and logged
 (``supervisor``); Ctrl-C or SIGTERM stops everything, the workers finishing the batch in hand.
-Production runs the same pieces as systemd units behind nginx (see ``deploy/``).
+Production runs the same pieces as systemd units behind nginx (see ``deploy/``), nginx in the
+front's place.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-from scai import config, metrics
+from scai import config, front, metrics
 from scai.config import PORTAL_THREADS, ROOT, Settings
 from scai.launcher import worker_group
 from scai.supervisor import Child, Supervisor
@@ -23,8 +28,10 @@ from scai.supervisor import Child, Supervisor
 log = logging.getLogger("scai.service")
 
 
-def uwsgi_command(settings: Settings, host: str, port: int) -> list[str]:
-    """uwsgi serving ``run:application`` over plain HTTP, one process per core.
+def uwsgi_command(settings: Settings, socket: str) -> list[str]:
+    """uwsgi serving ``run:application`` over plain HTTP on the Unix socket ``socket`` (the
+    front's only), one process per core. Each request comes behind a PROXY line naming the client.
+    The buffer holds the longest head the front passes on (32 KB) with room to spare.
 
     No ``harakiri``: with threads, uwsgi fires it spuriously about a second into a request and
     drops every request the process holds (seen under load with 12-megapixel uploads). The API
@@ -32,12 +39,12 @@ def uwsgi_command(settings: Settings, host: str, port: int) -> list[str]:
     """
     return [
         str(Path(sys.prefix) / "bin" / "uwsgi"),
-        "--http-socket", f"{host}:{port}", "--add-header", "Connection: close",
+        "--http-socket", socket, "--enable-proxy-protocol", "--add-header", "Connection: close",
         "--master", "--need-app", "--die-on-term", "--enable-threads",
         "--processes", str(config.auto_processes()), "--threads", str(PORTAL_THREADS),
         "--listen", str(config.listen_backlog()),
         "--chdir", str(ROOT), "--virtualenv", sys.prefix, "--module", "run:application",
-        "--buffer-size", "32768", "--wsgi-disable-file-wrapper",
+        "--buffer-size", "65535", "--wsgi-disable-file-wrapper",
         "--chunked-input-limit", str(settings.max_upload_bytes),  # one chunk may be the whole upload
         "--disable-logging", "--log-4xx", "--log-5xx", "--log-format", config.UWSGI_LOG_FORMAT,
         "--ignore-sigpipe", "--ignore-write-errors",
@@ -66,20 +73,26 @@ def serve(settings: Settings, host: str, port: int, portal_only: bool = False) -
     settings.session_dir.mkdir(parents=True, exist_ok=True)
     metrics.reset(settings.metrics_folder)  # this run's processes only
     metrics.enable(settings)
-    children = [Child("portal (uwsgi)", uwsgi_command(settings, host, port), portal_env(settings), essential=True)]
+    private = tempfile.mkdtemp(prefix="scai-serve-")  # the portal's socket: the front's alone
+    socket = str(Path(private) / "portal.sock")
+    children = [
+        Child("front", front.command(socket, host, port), portal_env(settings), essential=True),
+        Child("portal (uwsgi)", uwsgi_command(settings, socket), portal_env(settings), essential=True),
+    ]
     if settings.running_mode == "runtime" and not portal_only:
         for job in configured_jobs(settings):
             children += worker_group(settings, job, settings.worker_processes(job))
     supervisor = Supervisor(children)
     supervisor.stop_on_signals()
     supervisor.start()
-    workers = ", ".join(child.name for child in children[1:]) or "none here"
+    workers = ", ".join(child.name for child in children[2:]) or "none here"
     log.info("SCAI on http://%s:%d (%s mode, sessions in %s; workers: %s)",
              host, port, settings.running_mode, settings.session_dir, workers)  # fmt: skip
     try:
         return supervisor.run()
     finally:
         metrics.reset(settings.metrics_folder)  # this run's values go with it, as they came
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def configured_jobs(settings: Settings) -> list[str]:
