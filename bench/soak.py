@@ -18,6 +18,12 @@ What a passing run proves (exit status 0):
     (bar the queue-full refusal), however the workers are killed meanwhile;
   * every scan bomb (a progressive JPEG of 100,000 scans, which once kept a worker busy for
     minutes) is refused with a JSON 4xx, or ends as a failed session soon;
+  * every poison upload (a 40-megapixel PNG whose holder is SIGKILLed on every delivery,
+    standing in for an image that makes workers run out of memory or crash the decoder) fails
+    with "the image stopped 3 workers", and the job kind keeps serving;
+  * all the while ``--trickle-body`` and ``--trickle-headers`` slow clients send a byte every
+    few seconds (``bench/trickle.py``): they must not stall the normal clients (their uploads
+    keep the usual deadlines, and no request dies on the wire);
   * no worker dies but by the killer's hand (a crash shows as a restart the killer did not
     cause), the supervisor never gives up on one (a worker that ran ``STARTED_SECONDS`` had
     started well and is back after 1 s, see ``scai.supervisor``), and ``scai serve`` stops on
@@ -55,11 +61,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import requests
 from compare import stop_on_sigterm  # bench/, this script's folder
 from PIL import Image
+from trickle import Trickle
 
-from scai.sessions import SESSION_ID_RE
+from scai.sessions import SESSION_ID_RE, SessionStore
 from scai.supervisor import STARTED_SECONDS, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -324,7 +332,8 @@ def restart_rule(slots: int, kill_every: float) -> str:
     """How the supervisor treats this killing (for the report)."""
     return (
         f"a kill every {kill_every:g} s of the longest-running of {slots} workers (each then lived about "
-        f"{slots * kill_every:g} s); the supervisor restarts a worker that ran {STARTED_SECONDS:g} s after 1 s, "
+        f"{slots * kill_every:g} s); the supervisor restarts a worker that beat once "
+        f"(or ran {STARTED_SECONDS:g} s) after 1 s, "
         f"and gives up only after {Supervisor.__init__.__kwdefaults__['burst']} quicker deaths"
     )
 
@@ -639,6 +648,71 @@ def bomb_loop(
         interval = max(0.0, every - (clock() - upload.started))
 
 
+# --- poison uploads ----------------------------------------------------------------------------
+
+
+def poison_png() -> bytes:
+    """40 megapixels in 150 KB (its rows alike): decoding it holds a worker long enough to be caught."""
+    row = np.random.default_rng(1).integers(0, 255, (1, 8000, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(np.repeat(row, 5000, axis=0)).save(out, "PNG")
+    return out.getvalue()
+
+
+@dataclass
+class Poison:
+    at_s: float
+    session: str | None = None
+    kills: int = 0
+    state: str | None = None
+    message: str | None = None
+
+
+class Poisoner:
+    """Every ``every`` seconds, one poison upload to classification: whichever worker holds it is
+    SIGKILLed, delivery after delivery, until the session ends (the store fails it after 3)."""
+
+    def __init__(self, server: Server, clock: Clock, every: float) -> None:
+        self.server, self.clock, self.every = server, clock, every
+        self.store = SessionStore(server.session_dir)
+        self.sent: list[Poison] = []
+        self.kills = 0  # SIGKILLs the report must not count as unplanned deaths
+
+    def run(self, stop: threading.Event) -> None:
+        data, http = poison_png(), requests.Session()
+        while not stop.wait(self.every / 2 if not self.sent else self.every):
+            poison = Poison(round(self.clock(), 1))
+            self.sent.append(poison)
+            with contextlib.suppress(requests.RequestException, KeyError, ValueError):
+                answer = http.post(self.server.url("/api/v1/classify"), files={"photo": ("p.png", data)}, timeout=60)
+                poison.session = answer.json()["sessname"]
+                self.follow(poison, time.monotonic() + 180)
+
+    def follow(self, poison: Poison, deadline: float) -> None:
+        killed: set[int] = set()
+        while time.monotonic() < deadline:
+            state = self.store.state(poison.session)
+            if state.get("state") in ("complete", "failure"):
+                poison.state, poison.message = state["state"], state.get("message")
+                return
+            holder = self.store.holder("image_classification", poison.session)
+            if holder and holder not in killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(holder, signal.SIGKILL)
+                    killed.add(holder)
+                    poison.kills += 1
+                    self.kills += 1
+            time.sleep(0.002)  # polling /proc/locks: there is nothing to wait on
+        poison.state = "not final"
+
+
+def poison_report(poisoner: Poisoner) -> dict[str, Any]:
+    each = [vars(p) for p in poisoner.sent]
+    # a kill may also hit a worker that only held the marker's lock to recover it: not a delivery
+    ok = all(p.state == "failure" and "the image stopped 3 workers" in (p.message or "") for p in poisoner.sent)
+    return {"sent": len(each), "all_failed_after_3_workers": ok and bool(each), "each": each}
+
+
 # --- resident memory ---------------------------------------------------------------------------
 
 
@@ -937,13 +1011,17 @@ class Run:
         self.recorder = Recorder()
         self.tail = LogTail(server.log)
         self.killer = Killer(server, self.tail, args.kill_every)
+        self.poisoner = Poisoner(server, self.clock, args.poison_every)
+        self.trickle = Trickle("127.0.0.1", server.port, args.trickle_body, args.trickle_headers)
+        self.trickled: dict[str, Any] = {}
         self.samples: list[Sample] = []
         self.cleaner = CleanerStats()
         self.deadline = client_deadline(args.keep)
 
     def go(self, photos: list[tuple[str, bytes]]) -> dict[str, Any]:
         load, attack, sampling = threading.Event(), threading.Event(), threading.Event()
-        self.clock = Clock()
+        self.clock = self.poisoner.clock = Clock()
+        self.trickle.start()
         clients = [
             Client(i, self.server, photos, self.recorder, self.clock, self.deadline) for i in range(self.args.clients)
         ]
@@ -953,7 +1031,7 @@ class Run:
         loaders.append(
             thread(bomb_loop, self.server, self.recorder, self.clock, self.args.bomb_every, self.deadline, load)
         )
-        attackers = [thread(self.killer.run, attack), thread(self.clean, attack)]
+        attackers = [thread(self.killer.run, attack), thread(self.clean, attack), thread(self.poisoner.run, load)]
         sampler = thread(sample_loop, self.server, self.clock, sampling, self.samples)
         try:
             self.progress(load)
@@ -965,7 +1043,8 @@ class Run:
                 worker.join(self.deadline + 60)
             attack.set()
             for worker in attackers:
-                worker.join(130)
+                worker.join(200)
+            self.trickled = self.trickle.stop().summary()
             drained = drain(self.server)
             sampling.set()
             sampler.join(10)
@@ -998,7 +1077,8 @@ def report(run: Run, ended: dict[str, Any], stopped: dict[str, Any], restart_rul
     killed = run.killer.stats
     deaths = sum(facts.restarts.values()) + len(facts.gave_up)
     by_sigkill = sum(n for cause, n in facts.restarts.items() if cause.startswith("was killed by SIGKILL"))
-    unplanned = deaths - min(by_sigkill, killed.kills)  # a crash, or a SIGKILL this script did not send
+    sent = killed.kills + run.poisoner.kills
+    unplanned = deaths - min(by_sigkill, sent)  # a crash, or a SIGKILL this script did not send
     result = {
         "args": {k: v for k, v in vars(run.args).items() if k != "json_out"},
         "client_deadline_s": run.deadline,
@@ -1021,6 +1101,8 @@ def report(run: Run, ended: dict[str, Any], stopped: dict[str, Any], restart_rul
         },
         "cleaner": {"runs": run.cleaner.runs, "removed": len(run.cleaner.removed), "errors": run.cleaner.errors},
         "bombs": bombs,
+        "poison": poison_report(run.poisoner),
+        "trickle": run.trickled,
         "rss": rss_summary(run.samples),
         "uwsgi_5xx_lines": facts.uwsgi_5xx[:20],
         "stop": stopped,
@@ -1034,6 +1116,7 @@ def report(run: Run, ended: dict[str, Any], stopped: dict[str, Any], restart_rul
         "no_lost_sessions": not sessions["lost"],
         "no_duplicate_completions": not sessions["completed_more_than_once"],
         "bombs_refused_or_failed": bombs["all_refused_or_failed"],
+        "poison_failed_after_3_workers": result["poison"]["all_failed_after_3_workers"],
         "no_worker_given_up": not facts.gave_up,
         "no_worker_died_unkilled": unplanned == 0,
         "clean_stop": stopped["exit_status"] == 0
@@ -1087,6 +1170,11 @@ def print_summary(result: dict[str, Any]) -> None:
         f"{len(result['cleaner']['errors'])} errors"
     )
     print(f"bombs: {bombs['sent']} sent {bombs['outcomes']}, longest to final {bombs['longest_seconds_to_final']} s")
+    poison = result["poison"]
+    print(f"poison: {poison['sent']} sent, all failed after 3 workers: {poison['all_failed_after_3_workers']}")
+    for entry in poison["each"]:
+        print(f"  {entry}")
+    print(f"trickle: {result['trickle']}")
     for kind, row in result["rss"]["by_kind"].items():
         print(
             f"RSS {kind}: max first minute {row['first_minute_max_mb']} MB, last minute "
@@ -1112,6 +1200,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kill-every", type=float, default=4.0, help="seconds between worker kills (default 4)")
     parser.add_argument("--bomb-every", type=float, default=60.0, help="seconds between scan bombs (default 60)")
     parser.add_argument("--clean-every", type=float, default=10.0, help="seconds between scai clean runs")
+    parser.add_argument("--poison-every", type=float, default=120.0, help="seconds between poison uploads")
+    parser.add_argument("--trickle-body", type=int, default=300, help="slow clients trickling a body (300)")
+    parser.add_argument("--trickle-headers", type=int, default=200, help="slow clients trickling headers (200)")
     parser.add_argument("--keep", type=float, default=120.0, help="the cleaner's keep time, s (default 120)")
     parser.add_argument("--port", type=int, help="the portal's port (default: a free one)")
     parser.add_argument("--json-out", type=Path, metavar="PATH", help="also write the summary here as JSON")

@@ -136,7 +136,7 @@ class Settings:
     queue_limit: int = setting(1000, "SCAI_QUEUE_LIMIT", "sessions that may wait per job kind before 503 (0: none)")
     retry_after_seconds: int = setting(5, help="Retry-After of a 503 for a full queue")
     claim_lease_seconds: float = setting(
-        60.0, "SCAI_CLAIM_LEASE_SECONDS", "Redis: a claim idle this long is a dead worker's (above the slowest batch)"
+        60.0, "SCAI_CLAIM_LEASE_SECONDS", "a claim held this long is a hung or dead worker's (above the slowest batch)"
     )
     store: str = setting("", "SCAI_STORE", "redis://host:port/db: sessions in Redis (default: the session folder)")
     public_url: str = setting(
