@@ -166,7 +166,18 @@ class Connection(asyncio.BufferedProtocol):
         self.timer = asyncio.get_running_loop().call_later(self.front.client_timeout, self.too_slow)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return memoryview(self.data)[self.size :] if self.data is not DISCARDED else memoryview(DISCARDED)
+        if self.data is DISCARDED:
+            return memoryview(DISCARDED)
+        if self.size == len(self.data) and self.head_end is not None:
+            self.grow()
+        return memoryview(self.data)[self.size :]
+
+    def grow(self) -> None:
+        """Room for more of the body: twice the buffer, up to the body's end where it is known. The
+        buffer grows with what the client has sent, never to what it announces: a head that
+        claims 20 MB and sends nothing costs 32 KB, not 20 MB (a few hundred such would be GBs)."""
+        room = len(self.data) if self.end is None else min(len(self.data), self.end - len(self.data))
+        self.data = self.data + bytes(room)  # a new buffer: the kernel may still hold a view of the old
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.data is DISCARDED:
@@ -184,11 +195,8 @@ class Connection(asyncio.BufferedProtocol):
                 return
         if self.chunked and self.end is None:
             self.end = self.chunked.find(self.data, self.size)
-            if self.end is None and self.size == len(self.data):
-                if self.size > 2 * self.front.max_body:  # chunk lines at most double a body
-                    self.end = self.size  # uwsgi refuses what ends here
-                else:
-                    self.data = self.data + bytes(len(self.data))  # twice the room, in a new buffer
+            if self.end is None and self.size > 2 * self.front.max_body:  # chunk lines at most double a body
+                self.end = self.size  # uwsgi refuses what ends here
         if self.end is not None and self.size >= self.end:
             self.whole()
 
@@ -206,8 +214,6 @@ class Connection(asyncio.BufferedProtocol):
             self.end = self.head_end
         else:
             self.end = self.head_end + length
-            if self.end > len(self.data):
-                self.data = self.data + bytes(self.end - len(self.data))
         if (self.chunked or self.end > self.size) and expects_continue(head):
             self.transport.write(CONTINUE)
         return True

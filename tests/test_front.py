@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from conftest import free_port
 
-from scai.front import Front, serve
+from scai.front import Connection, Front, serve
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 LIMIT = 1000
@@ -157,3 +158,66 @@ def test_expect_100_continue_is_answered_before_the_body(tmp_path: Path) -> None
             backend.close()
 
     assert run(client()) == b"HTTP/1.1 100 Continue\r\n\r\n" + ANSWER
+
+
+def test_a_body_larger_than_the_first_buffer_arrives_whole(tmp_path: Path) -> None:
+    body = bytes(range(256)) * 800  # 200 KB: the buffer grows as it comes
+    head = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+    received = bytearray()
+
+    async def go() -> bytes:
+        async def stand_in(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            received.extend(await reader.read())
+            writer.write(ANSWER)
+            writer.close()
+
+        backend = await asyncio.start_unix_server(stand_in, str(tmp_path / "portal.sock"))
+        front = Front(str(tmp_path / "portal.sock"), client_timeout=10, max_body=len(body))
+        server = asyncio.ensure_future(serve(front, "127.0.0.1", port := free_port()))
+        try:
+            reader, writer = await wait_connect(port)
+            for start in range(0, len(body), 7000):
+                writer.write((head if start == 0 else b"") + body[start : start + 7000])
+                await writer.drain()
+            return await asyncio.wait_for(reader.read(), 10)
+        finally:
+            server.cancel()
+            backend.close()
+
+    assert run(go()) == ANSWER
+    assert received.split(b"\r\n", 1)[1] == head + body
+
+
+def test_a_head_that_announces_a_large_body_costs_what_was_sent_not_what_it_announces() -> None:
+    """30 clients announcing 50 MB each and sending nothing: a buffer sized by the announcement
+    would hold 1.5 GB."""
+
+    class Watched(Front):  # keeps its connections, to see when their heads were read
+        def connection(self) -> Connection:
+            self.made.append(super().connection())
+            return self.made[-1]
+
+    async def go() -> int:
+        front = Watched("/nonexistent", client_timeout=30, max_body=50 * 2**20)
+        front.made = []
+        server = asyncio.ensure_future(serve(front, "127.0.0.1", port := free_port()))
+        try:
+            await wait_connect(port)
+            tracemalloc.start()
+            clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(30)]
+            for _, writer in clients:
+                writer.write(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (50 * 2**20))
+                await writer.drain()
+            deadline = time.monotonic() + 10
+            while sum(c.head_end is not None for c in front.made) < 30:  # every head read
+                assert time.monotonic() < deadline, "the front did not read the heads"
+                await asyncio.sleep(0.01)  # the front's loop is this one: yield to it
+            peak = tracemalloc.get_traced_memory()[1]
+            for _, writer in clients:
+                writer.close()
+            return peak
+        finally:
+            tracemalloc.stop()
+            server.cancel()
+
+    assert run(go()) < 20 * 2**20
