@@ -34,6 +34,10 @@ log = logging.getLogger("scai.front")
 
 #: Longest request head, uwsgi's ``--buffer-size``: the portal's bound before there was a front.
 MAX_HEAD = 32768
+#: A connection's first buffer: most heads fit, and an idle connection costs no more than this.
+FIRST_BUFFER = 4096
+#: Connections the front holds at once; more are answered 503 and closed (at 4 KB each, 40 MB).
+MAX_CONNECTIONS = 10_000
 HEAD_END = b"\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: Where the bytes a refused client still sends go (see ``Connection.refuse``).
@@ -140,6 +144,7 @@ class Front:
         self.backend = backend
         self.client_timeout = client_timeout
         self.max_body = max_body
+        self.open = 0
 
     def connection(self) -> Connection:
         return Connection(self)
@@ -153,7 +158,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def __init__(self, front: Front) -> None:
         self.front = front
-        self.data = bytearray(MAX_HEAD)
+        self.data = bytearray(FIRST_BUFFER)
         self.size = 0
         self.head_end: int | None = None
         self.end: int | None = None  # of the request, once known
@@ -164,11 +169,15 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.timer = asyncio.get_running_loop().call_later(self.front.client_timeout, self.too_slow)
+        self.front.open += 1
+        if self.front.open > MAX_CONNECTIONS:  # a flood of connections: each would hold a socket
+            self.transport.write(error_answer(503, "the server holds too many connections; try again"))
+            self.transport.close()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.data is DISCARDED:
             return memoryview(DISCARDED)
-        if self.size == len(self.data) and self.head_end is not None:
+        if self.size == len(self.data):
             self.grow()
         return memoryview(self.data)[self.size :]
 
@@ -176,7 +185,10 @@ class Connection(asyncio.BufferedProtocol):
         """Room for more of the body: twice the buffer, up to the body's end where it is known. The
         buffer grows with what the client has sent, never to what it announces: a head that
         claims 20 MB and sends nothing costs 32 KB, not 20 MB (a few hundred such would be GBs)."""
-        room = len(self.data) if self.end is None else min(len(self.data), self.end - len(self.data))
+        if self.head_end is None:  # the head, up to its limit (a longer one is refused: 431)
+            room = min(len(self.data), MAX_HEAD - len(self.data))
+        else:
+            room = len(self.data) if self.end is None else min(len(self.data), self.end - len(self.data))
         self.data = self.data + bytes(room)  # a new buffer: the kernel may still hold a view of the old
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -187,7 +199,7 @@ class Connection(asyncio.BufferedProtocol):
             self.head_end = self.data.find(HEAD_END, max(0, self.size - nbytes - 3), self.size)
             if self.head_end < 0:
                 self.head_end = None
-                if self.size == len(self.data):
+                if self.size >= MAX_HEAD:
                     self.refuse(431, f"the request's headers are longer than {MAX_HEAD // 1024} KB")
                 return
             self.head_end += len(HEAD_END)
@@ -257,6 +269,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.timer.cancel()
+        self.front.open -= 1
         if self.portal is not None:
             self.portal.close()  # the answer has nobody to go to
 

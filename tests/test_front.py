@@ -221,3 +221,23 @@ def test_a_head_that_announces_a_large_body_costs_what_was_sent_not_what_it_anno
             server.cancel()
 
     assert run(go()) < 20 * 2**20
+
+
+def test_connections_past_the_limit_are_answered_503_and_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("scai.front.MAX_CONNECTIONS", 3)
+
+    async def go() -> bytes:
+        front = Front("/nonexistent", client_timeout=30, max_body=LIMIT)
+        server = asyncio.ensure_future(serve(front, "127.0.0.1", port := free_port()))
+        try:
+            held = [await wait_connect(port) for _ in range(3)]
+            reader, _ = await asyncio.open_connection("127.0.0.1", port)
+            answer = await asyncio.wait_for(reader.read(), 10)
+            for _, writer in held:
+                writer.close()
+            return answer
+        finally:
+            server.cancel()
+
+    answer = run(go())
+    assert answer.startswith(b"HTTP/1.1 503 ") and "too many connections" in error_of(answer)["message"]
