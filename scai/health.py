@@ -64,7 +64,15 @@ def broken_models(settings: Settings, job: str) -> dict[str, str]:
     models = config.load_models(settings.usr_dir, job)
     if settings.store:
         return {name: spec.problem for name, spec in models.items() if spec.problem}
-    return {name: why for name, spec in models.items() if (why := engines.problem(spec))}
+    return {name: _file_names_only(why, spec) for name, spec in models.items() if (why := engines.problem(spec))}
+
+
+def _file_names_only(why: str, spec: config.ModelSpec) -> str:
+    """``why`` without the server's folders: /healthz is public, the log has the whole path."""
+    for path in (spec.path, spec.labels, spec.head):
+        if path is not None:
+            why = why.replace(str(path), path.name)
+    return why
 
 
 def models_problem(settings: Settings, job: str, broken: dict[str, str]) -> str | None:

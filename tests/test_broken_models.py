@@ -96,6 +96,7 @@ def test_health_names_broken_models_and_a_broken_default_is_503(settings: Settin
     broken = health.json["jobs"]["classify"]["broken_models"]
     assert set(broken) == {"size", "mean", "nograph", "score", "onnx", "gone"}
     assert "cannot tell the format of model.onnx" in broken["onnx"] and "does not exist" in broken["gone"]
+    assert str(settings.usr_dir) not in str(broken), "no server folder in a public answer"
     (settings.usr_dir / "default.tflite").unlink()
     health = client.get("/healthz")
     assert health.status_code == 503
