@@ -725,10 +725,11 @@ class Sample:
 
 
 def sample_loop(server: Server, clock: Clock, stop: threading.Event, samples: list[Sample]) -> None:
-    """VmRSS of every worker and portal process every ``SAMPLE_EVERY`` seconds."""
+    """VmRSS of every worker, portal and front process every ``SAMPLE_EVERY`` seconds."""
     while True:
         now = clock()
         processes = {**workers_of(server.pid), **{pid: "portal" for pid in portal_of(server.pid)}}
+        processes.update({pid: "front" for pid in children_of(server.pid) if "scai.front" in cmdline(pid)})
         for pid, kind in processes.items():
             if (kb := rss_kb(pid)) is not None:
                 samples.append(Sample(round(now, 1), pid, kind, kb))
