@@ -53,6 +53,8 @@ def listen_backlog() -> int:
         return 128
 
 
+#: Model files that run on their own light runtime (LiteRT, ONNX Runtime), with the threads they are given.
+LIGHT_FORMATS = (".tflite", ".onnx")
 #: ``auto`` never starts more processes than this per job kind or for the portal: on a large
 #: machine each worker then takes several interpreter threads instead, which saves a model's
 #: memory per core and stays far below the kernel's default of 128 inotify instances per user.
@@ -224,14 +226,14 @@ class Settings:
 
     def worker_processes(self, job: str) -> int:
         """How many worker processes serve ``job``: as set, or one per core (up to
-        ``MAX_AUTO_PROCESSES``) where every model of the job is TFLite (small, one thread each),
+        ``MAX_AUTO_PROCESSES``) where every model of the job is TFLite or ONNX (small, one thread each),
         else one (TensorFlow spreads over the cores itself, and each such process holds several
         hundred MB)."""
         count = parse_count(self.workers, "workers")
         if count is not None:
             return count
         models = [spec for spec in load_models(self.usr_dir, job).values() if spec.problem is None]
-        lite = models and all(spec.path.suffix == ".tflite" for spec in models)
+        lite = models and all(spec.path.suffix.lower() in LIGHT_FORMATS for spec in models)
         return auto_processes() if lite else 1
 
     def interpreter_threads(self, processes: int) -> Threads:

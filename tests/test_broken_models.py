@@ -1,5 +1,5 @@
 """One bad model section fails only its own sessions: a bad key, a missing file or a format SCAI
-does not know (``model.onnx``). The other sections keep serving, the worker keeps running (an
+does not know (``model.xyz``). The other sections keep serving, the worker keeps running (an
 exit would stop every model of the job kind, the default included), and ``/healthz`` names the
 broken model; a broken ``default`` makes it 503."""
 
@@ -34,7 +34,7 @@ GRAPH = default.tflite
 min_score_thresh = high
 
 [onnx]
-GRAPH = model.onnx
+GRAPH = model.xyz
 
 [gone]
 GRAPH = gone.tflite
@@ -45,7 +45,7 @@ GRAPH = gone.tflite
 def settings(tmp_path: Path) -> Settings:
     """The fake usr (``default``, ``other``) with a bad section of every kind added."""
     usr = write_fake_usr(tmp_path / "usr", "default", "other")
-    (usr / "model.onnx").write_bytes(b"not a format SCAI knows")
+    (usr / "model.xyz").write_bytes(b"not a format SCAI knows")
     with (usr / f"{CLASSIFICATION}.config").open("a", encoding="utf-8") as config:
         config.write(BAD_SECTIONS)
     return Settings(session_dir=tmp_path / "session", usr_dir=usr)
@@ -95,7 +95,7 @@ def test_health_names_broken_models_and_a_broken_default_is_503(settings: Settin
     assert health.status_code == 200 and health.json["status"] == "ok", health.json
     broken = health.json["jobs"]["classify"]["broken_models"]
     assert set(broken) == {"size", "mean", "nograph", "score", "onnx", "gone"}
-    assert "cannot tell the format of model.onnx" in broken["onnx"] and "does not exist" in broken["gone"]
+    assert "cannot tell the format of model.xyz" in broken["onnx"] and "does not exist" in broken["gone"]
     assert str(settings.usr_dir) not in str(broken), "no server folder in a public answer"
     (settings.usr_dir / "default.tflite").unlink()
     health = client.get("/healthz")
@@ -106,15 +106,16 @@ def test_health_names_broken_models_and_a_broken_default_is_503(settings: Settin
 @pytest.mark.slow
 @needs_assets
 def test_a_detection_section_of_an_unknown_format_leaves_the_others_serving(tmp_path: Path) -> None:
-    """The issue's case, on a real ``scai serve``: ``model.onnx`` added to the detection config.
+    """The issue's case, on a real ``scai serve``: a model of a format SCAI does not know
+    (``model.onnx`` in the issue, which SCAI now loads) added to the detection config.
     The detection worker used to exit with status 2, never restarted: every detection model
     answered 202 forever and the server never became healthy."""
     usr = tmp_path / "usr"
     usr.mkdir()
-    (usr / "model.onnx").write_bytes(b"an ONNX file")
+    (usr / "model.xyz").write_bytes(b"a model of a format SCAI does not know")
     (usr / f"{DETECTION}.config").write_text(
         f"[default]\nPATH_TO_CKPT = {DETECT_MODELS / 'ssd_mobilenet_v1_coco_quant.tflite'}\n"
-        f"PATH_TO_LABELS = {DETECT_MODELS / 'coco_labels.txt'}\n\n[onnx]\nPATH_TO_CKPT = model.onnx\n",
+        f"PATH_TO_LABELS = {DETECT_MODELS / 'coco_labels.txt'}\n\n[onnx]\nPATH_TO_CKPT = model.xyz\n",
         encoding="utf-8",
     )
     log = tmp_path / "serve.log"
@@ -136,7 +137,7 @@ def test_a_detection_section_of_an_unknown_format_leaves_the_others_serving(tmp_
         assert failed["state"] == FAILURE and failed["message"].startswith("model 'onnx' unavailable: cannot tell")
         health = requests.get(f"{server.url}/healthz", timeout=5)
         assert health.status_code == 200
-        assert "cannot tell the format of model.onnx" in health.json()["jobs"]["detect"]["broken_models"]["onnx"]
+        assert "cannot tell the format of model.xyz" in health.json()["jobs"]["detect"]["broken_models"]["onnx"]
         assert "not restarting" not in log.read_text()
     finally:
         server.stop()

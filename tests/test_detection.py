@@ -259,7 +259,7 @@ def frozen_graph_without_scores(path: Path) -> Path:
     "model, missing",
     [
         ("frozen", "detection_scores:0"),
-        (ASSETS / "models" / "classify" / "mobilenet_v2_1.0_224_quant.tflite", "boxes output"),
+        (ASSETS / "models" / "classify" / "mobilenet_v2_1.0_224_quant.tflite", "no detection layout SCAI knows"),
     ],
     ids=["frozen-graph", "classifier-tflite"],
 )

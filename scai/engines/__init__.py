@@ -10,7 +10,7 @@ from scai.engines.base import Classifier, Detector, Prediction
 
 
 def model_format(path: Path) -> str:
-    """``tflite``, ``savedmodel``, ``keras`` or ``graphdef``, from what is on disk."""
+    """``tflite``, ``onnx``, ``savedmodel``, ``keras`` or ``graphdef``, from what is on disk."""
     path = Path(path)
     if path.is_dir():
         if (path / "saved_model.pb").exists():
@@ -21,9 +21,13 @@ def model_format(path: Path) -> str:
     if path.name == "saved_model.pb":
         return "savedmodel"
     suffix = path.suffix.lower()
-    formats = {".tflite": "tflite", ".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".pb": "graphdef"}
+    formats = {
+        ".tflite": "tflite", ".onnx": "onnx", ".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".pb": "graphdef",
+    }  # fmt: skip
     if suffix not in formats:
-        raise ConfigError(f"cannot tell the format of {path.name}: use .tflite, .keras, .h5, .pb or a SavedModel")
+        raise ConfigError(
+            f"cannot tell the format of {path.name}: use .tflite, .onnx, .keras, .h5, .pb or a SavedModel"
+        )
     return formats[suffix]
 
 
@@ -62,6 +66,10 @@ def load_classifier(spec: ModelSpec, threads: Threads | None = None) -> Classifi
         from scai.engines.tflite import TFLiteClassifier
 
         return TFLiteClassifier(spec, threads)
+    if kind == "onnx":
+        from scai.engines.onnx import OnnxClassifier
+
+        return OnnxClassifier(spec, threads)
     from scai.engines import tensorflow
 
     engines = {
@@ -76,9 +84,13 @@ def load_detector(spec: ModelSpec, threads: Threads | None = None) -> Detector:
     """Load a detection model once; its output layout is recognised from the model itself."""
     kind, spec = _resolved(spec)
     if kind == "tflite":
-        from scai.engines.tflite import TFLiteSSDDetector
+        from scai.engines import tflite
 
-        return TFLiteSSDDetector(spec, threads)
+        return tflite.load_detector(spec, threads)
+    if kind == "onnx":
+        from scai.engines.onnx import OnnxDetector
+
+        return OnnxDetector(spec, threads)
     from scai.engines import tensorflow
 
     if kind == "graphdef":

@@ -16,6 +16,7 @@ from PIL import Image
 
 from scai.config import ConfigError, ModelSpec, Threads
 from scai.engines.base import Classifier, Detections, Detector, normalise, resized
+from scai.engines.yolo import GridDetector
 
 
 def make_interpreter(path: Path | bytes, threads: int | None = None, batch: int | None = None) -> Any:
@@ -217,3 +218,27 @@ class TFLiteSSDDetector(Detector):
             classes=out["classes"][0][:count].round().astype(int),
             scores=out["scores"][0][:count],
         )
+
+
+class TFLiteGridDetector(GridDetector):
+    """A YOLO-family export to TFLite (one output of raw candidates), decoded as its ONNX twin."""
+
+    def __init__(self, spec: ModelSpec, threads: Threads | None = None) -> None:
+        self.interpreter = Interpreters(spec.path, threads_for(spec, threads))
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        super().__init__(spec, tuple(int(v) for v in self.input["shape"]), tuple(int(v) for v in self.output["shape"]))
+
+    def use_all_cores(self, lone: bool) -> None:
+        self.interpreter.use_all_cores(lone)
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input["index"], tensor.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+def load_detector(spec: ModelSpec, threads: Threads | None = None) -> Detector:
+    """An SSD with its post-processing op (several outputs), or a YOLO-family export (one)."""
+    outputs = len(make_interpreter(spec.path).get_output_details())
+    return TFLiteGridDetector(spec, threads) if outputs == 1 else TFLiteSSDDetector(spec, threads)

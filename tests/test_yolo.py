@@ -1,0 +1,203 @@
+"""Detectors of today's kind: ONNX Runtime and TFLite exports of YOLOX and YOLOv8 decoded by
+``scai.engines.yolo``. The fast tests need no assets; the rest run the shared models, against a
+reference written here independently of the engine (onnxruntime, OpenCV's resize, the decode
+as the model's README states it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import DETECT_MODELS, IMAGES, ROOT, needs_assets
+from fakes import upload
+from PIL import Image
+
+from scai.config import DETECTION, ConfigError, ModelSpec, Settings, Threads
+from scai.engines import load_detector
+from scai.engines.yolo import Preparation, recognise, suppress
+from scai.portal import create_app
+from scai.worker import Worker
+
+YOLOX = DETECT_MODELS / "yolox_nano.onnx"
+LABELS = DETECT_MODELS / "coco80_labels.txt"
+PHOTOS = [
+    "grace_hopper.jpg", "pets.jpg", "kite_and_cold.jpg", "cats_and_dogs.jpg", "coco_000000000315.jpg",
+    "traffic_0001.bmp", "face.jpg", "g3doc_dogs.jpg",
+]  # fmt: skip
+
+
+# -- no assets ----------------------------------------------------------------------------------
+
+
+def test_suppression_is_class_wise_and_best_first() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], dtype=np.float32)
+    scores = np.array([0.6, 0.9, 0.8, 0.5], dtype=np.float32)
+    classes = np.array([0, 0, 1, 0])
+    kept = suppress(boxes, scores, classes, iou=0.5, limit=10)
+    assert kept.tolist() == [1, 2, 3], "the weaker box of class 0 goes; class 1's twin stays"
+    assert suppress(boxes, scores, classes, iou=0.5, limit=2).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize(("letterbox", "offset", "pad_row"), [("topleft", (0, 0), 300), ("center", (0, 104), 10)])
+def test_the_letterbox_maps_back_exactly(letterbox: str, offset: tuple[int, int], pad_row: int) -> None:
+    image = Image.new("RGB", (200, 100), (10, 20, 30))
+    tensor, geometry = Preparation((416, 416), letterbox, 114, True, True, 1.0).apply(image)
+    left, top, x_scale, y_scale = int(geometry[0]), int(geometry[1]), geometry[2], geometry[3]
+    assert tensor.shape == (1, 3, 416, 416) and (left, top) == offset and (x_scale, y_scale) == (2.08, 2.08)
+    assert tensor[0, :, top + 5, left + 5].tolist() == [30, 20, 10], "BGR, 0-255"
+    assert tensor[0, :, pad_row, 5].tolist() == [114, 114, 114], "the pad outside the photo"
+
+
+def test_layouts_are_recognised_from_the_outputs_or_asked_for() -> None:
+    assert recognise((1, 3549, 85), (416, 416), 80, "m") == "yolox"
+    assert recognise((1, 84, 8400), (640, 640), 80, "m") == "yolo"  # v8: channels first
+    assert recognise((1, 25200, 85), (640, 640), 80, "m") == "yolo"  # v5: three anchors a cell
+    assert recognise((1, 8400, 84), (640, 640), 80, "m") == "yolo"  # v8 transposed
+    with pytest.raises(ConfigError, match=r"\[1, 3549, 85\].*could be: yolox, yolo\); set LAYOUT"):
+        recognise((1, 3549, 85), (416, 416), None, "m")  # no labels: 80 classes or 81?
+    with pytest.raises(ConfigError, match=r"could be: none of yolox, yolo"):
+        recognise((1, 1000, 85), (416, 416), 80, "m")
+
+
+def test_a_corrupt_onnx_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(ConfigError, match="m.onnx cannot be loaded by ONNX Runtime"):
+        load_detector(ModelSpec("m", DETECTION, tmp_path / "m.onnx"))
+
+
+# -- the shared models ----------------------------------------------------------------------------
+
+
+def reference_yolox(photo: Path) -> list[tuple[int, float, list[float]]]:
+    """YOLOX-Nano as the assets' README states it, without SCAI: BGR letterbox into the top-left
+    corner padded with 114, raw cells decoded by stride, class-wise NMS at 0.45 (OpenCV's)."""
+    import onnxruntime
+
+    image = cv2.imread(str(photo))
+    height, width = image.shape[:2]
+    ratio = min(416 / height, 416 / width)
+    canvas = np.full((416, 416, 3), 114, dtype=np.uint8)
+    inner = cv2.resize(image, (int(width * ratio), int(height * ratio)), interpolation=cv2.INTER_LINEAR)
+    canvas[: inner.shape[0], : inner.shape[1]] = inner
+    session = onnxruntime.InferenceSession(str(YOLOX), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"images": canvas.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
+    cells = [(x, y, s) for s in (8, 16, 32) for y in range(416 // s) for x in range(416 // s)]
+    found = []
+    for (x, y, s), row in zip(cells, out, strict=True):
+        scores = row[4] * row[5:]
+        best = int(scores.argmax())
+        if scores[best] < 0.3:
+            continue
+        cx, cy, w, h = (row[0] + x) * s, (row[1] + y) * s, np.exp(row[2]) * s, np.exp(row[3]) * s
+        found.append((best, float(scores[best]), [cx - w / 2, cy - h / 2, w, h]))
+    result = []
+    for klass in {f[0] for f in found}:
+        mine = [f for f in found if f[0] == klass]
+        keep = cv2.dnn.NMSBoxes([f[2] for f in mine], [f[1] for f in mine], 0.3, 0.45)
+        for i in np.array(keep).reshape(-1):
+            _, score, (x, y, w, h) = mine[i]
+            box = [y / ratio / height, x / ratio / width, (y + h) / ratio / height, (x + w) / ratio / width]
+            result.append((klass, score, [min(1.0, max(0.0, v)) for v in box]))
+    return result
+
+
+def served(spec: ModelSpec, photo: Path) -> list[tuple[int, float, list[float]]]:
+    found = load_detector(spec, Threads(1, 2)).detect_one(Image.open(photo).convert("RGB"))
+    return [
+        (int(c), float(s), b.tolist())
+        for b, c, s in zip(found.boxes, found.classes, found.scores, strict=True)
+        if s >= 0.3
+    ]
+
+
+def matched(ours: list, theirs: list, tolerance: float = 0.02) -> bool:
+    """Every detection of ``theirs`` over 0.5 has one of ``ours`` of its class, boxes within tolerance."""
+    return all(
+        any(c == klass and np.abs(np.subtract(b, box)).max() <= tolerance for c, _, b in ours)
+        for klass, score, box in theirs
+        if score >= 0.5
+    )
+
+
+@needs_assets
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_yolox_onnx_and_its_tflite_twin_give_the_references_boxes(photo: str) -> None:
+    reference = reference_yolox(IMAGES / photo)
+    onnx = served(ModelSpec("yolox", DETECTION, YOLOX, LABELS), IMAGES / photo)
+    tflite = served(
+        ModelSpec("yolox16", DETECTION, DETECT_MODELS / "yolox_nano_float16.tflite", LABELS), IMAGES / photo
+    )
+    assert any(score >= 0.5 for _, score, _ in reference), "a photo with something to find"
+    assert matched(onnx, reference) and matched(reference, onnx), (onnx, reference)
+    assert matched(tflite, onnx) and matched(onnx, tflite), (tflite, onnx)
+
+
+@needs_assets
+def test_a_users_yolov8_export_is_recognised_and_finds_what_yolox_finds() -> None:
+    spec = ModelSpec("v8", DETECTION, DETECT_MODELS / "yolov8n_int8.tflite", LABELS, options={"letterbox": "stretch"})
+    detector = load_detector(spec)
+    assert detector.layout == "yolo" and detector.input_size == (640, 640)
+    found = served(spec, IMAGES / "grace_hopper.jpg")
+    person = [box for klass, score, box in found if klass == 0 and score >= 0.5]
+    assert person and person[0][0] < 0.1 and person[0][2] > 0.95, found
+
+
+@needs_assets
+def test_a_worker_serves_an_onnx_section_through_the_api(tmp_path: Path) -> None:
+    usr = tmp_path / "usr"
+    usr.mkdir()
+    (usr / f"{DETECTION}.config").write_text(f"[yolox]\nGRAPH = {YOLOX}\nLABELS = {LABELS}\n", encoding="utf-8")
+    settings = Settings(session_dir=tmp_path / "session", usr_dir=usr)
+    client = create_app(settings).test_client()
+    answer = upload(client, (IMAGES / "grace_hopper.jpg").read_bytes(), "/api/v1/detect?wait=0&model=yolox")
+    Worker(settings, DETECTION).drain()
+    result = client.get(f"/api/v1/sessions/{answer.json['sessname']}?key={answer.json['sesskey']}").json
+    labels = [d["label"] for d in result["detections"]]
+    assert result["state"] == "complete" and labels[:2] == ["person", "tie"], result
+
+
+@needs_assets
+def test_an_onnx_detector_never_loads_tensorflow() -> None:
+    code = (
+        "import json, sys; from PIL import Image; from scai.config import ModelSpec; "
+        "from scai.engines import load_detector; "
+        f"d = load_detector(ModelSpec('y', 'object_detection', {str(YOLOX)!r}, {str(LABELS)!r})); "
+        f"d.detect_one(Image.open({str(IMAGES / 'pets.jpg')!r}).convert('RGB')); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(run.stdout) == []
+
+
+def test_an_onnx_classifier_reads_nchw_input_normalised(tmp_path: Path) -> None:
+    """A tiny ONNX classifier built here: the mean of each channel, times the identity, as logits.
+    A red photo is class 0, a blue one class 2, as (pixel - 127.5) / 127.5 makes them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
+            helper.make_node("MatMul", ["mean", "weights"], ["logits"]),
+        ],
+        "means",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+        [
+            helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3]),
+            helper.make_tensor("weights", TensorProto.FLOAT, [3, 3], np.eye(3).ravel().tolist()),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "m.onnx")
+    (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
+    from scai.engines import load_classifier
+
+    model = load_classifier(ModelSpec("m", "image_classification", tmp_path / "m.onnx", tmp_path / "labels.txt"))
+    assert model.input_size == (8, 8)
+    photos = [Image.new("RGB", (40, 30), color) for color in ((250, 10, 10), (10, 10, 250))]
+    assert [model.top(row, 1)[0].label for row in model.predict(photos)] == ["red", "blue"]
