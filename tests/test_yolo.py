@@ -201,3 +201,31 @@ def test_an_onnx_classifier_reads_nchw_input_normalised(tmp_path: Path) -> None:
     assert model.input_size == (8, 8)
     photos = [Image.new("RGB", (40, 30), color) for color in ((250, 10, 10), (10, 10, 250))]
     assert [model.top(row, 1)[0].label for row in model.predict(photos)] == ["red", "blue"]
+
+
+@needs_assets
+def test_labels_that_do_not_match_the_classes_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").write_text("\n".join(LABELS.read_text().splitlines()[:79]) + "\n")
+    with pytest.raises(ConfigError, match=r"\[1, 3549, 85\] for an input of 416x416 and 79 labels"):
+        load_detector(ModelSpec("y", DETECTION, YOLOX, tmp_path / "labels.txt"))
+    with pytest.raises(ConfigError, match="model 'y' has 80 classes but 79 labels"):
+        load_detector(ModelSpec("y", DETECTION, YOLOX, tmp_path / "labels.txt", options={"layout": "yolox"}))
+
+
+def test_a_model_that_emits_nan_reports_nothing(tmp_path: Path) -> None:
+    """A YOLOX-shaped ONNX model built here whose every output is NaN: no detection, no crash."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nan = np.full((1, 3549, 85), np.nan, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["nan"], ["output"])],
+        "nan",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 416, 416])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3549, 85])],
+        [onnx.numpy_helper.from_array(nan, "nan")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "nan.onnx")
+    detector = load_detector(ModelSpec("nan", DETECTION, tmp_path / "nan.onnx", options={"layout": "yolox"}))
+    found = detector.detect_one(Image.new("RGB", (64, 48), (1, 2, 3)))
+    assert len(found.boxes) == 0 and len(found.scores) == 0

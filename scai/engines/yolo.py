@@ -141,6 +141,8 @@ def recognise(shape: tuple[int, ...], size: tuple[int, int], classes: int | None
     if len(fits) == 1:
         return fits[0]
     found = f"an output of shape {list(shape)} for an input of {size[0]}x{size[1]}"
+    if classes is not None:
+        found += f" and {classes} labels"
     could = ", ".join(fits) if fits else "none of " + ", ".join(LAYOUTS)
     raise ConfigError(f"model {name!r}: cannot tell its layout from {found} (could be: {could}); set LAYOUT")
 
@@ -169,11 +171,8 @@ def decode_yolox(rows: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, n
     return boxes, rows[:, 4:5] * rows[:, 5:]
 
 
-def decode_yolo(rows: np.ndarray, size: tuple[int, int], classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+def decode_yolo(rows: np.ndarray, size: tuple[int, int], objectness: bool) -> tuple[np.ndarray, np.ndarray]:
     """Decoded candidates [N, 4+C] or [N, 5+C] (with objectness) -> boxes, scores [N, C]."""
-    objectness = classes is not None and rows.shape[1] == 5 + classes
-    if classes is None:  # anchors (3 per cell) came with objectness in v5/v7 exports
-        objectness = rows.shape[0] == 3 * grid_cells(size)
     centre, extent = rows[:, :2], rows[:, 2:4]
     boxes = np.concatenate([centre - extent / 2, centre + extent / 2], axis=1)
     if boxes.size and np.abs(boxes).max() <= 2.0:  # normalised: to input pixels
@@ -210,6 +209,13 @@ class GridDetector(Detector):
         if layout and layout not in LAYOUTS:
             raise ConfigError(f"model {spec.name!r}: LAYOUT must be one of {', '.join(LAYOUTS)}, not {layout!r}")
         self.layout = layout or recognise(output_shape, input_size(input_shape), self.classes, spec.name)
+        rows, columns = _rows_and_columns(output_shape, spec.name)
+        self.objectness = self.layout == "yolox" or rows == 3 * grid_cells(input_size(input_shape))
+        if self.layout == "yolo" and self.classes is not None:
+            self.objectness = self.objectness or columns == 5 + self.classes
+        model_classes = columns - (5 if self.objectness else 4)
+        if self.classes is not None and self.classes != model_classes:
+            raise ConfigError(f"model {spec.name!r} has {model_classes} classes but {self.classes} labels")
         self.preparation = preparation(spec, self.layout, input_shape)
         self.input_size = self.preparation.size
         self.iou = _number(spec, "nms_iou", 0.45)
@@ -226,10 +232,11 @@ class GridDetector(Detector):
         if self.layout == "yolox":
             boxes, scores = decode_yolox(rows, self.input_size)
         else:
-            boxes, scores = decode_yolo(rows, self.input_size, self.classes)
+            boxes, scores = decode_yolo(rows, self.input_size, self.objectness)
         best = scores.argmax(axis=1)
         score = scores[np.arange(len(best)), best]
-        wanted = np.flatnonzero(np.isfinite(score) & (score >= SCORE_FLOOR))
+        sound = np.isfinite(score) & np.isfinite(boxes).all(axis=1)  # a model may emit NaN: never reported
+        wanted = np.flatnonzero(sound & (score >= SCORE_FLOOR))
         kept = wanted[suppress(boxes[wanted], score[wanted], best[wanted], self.iou, self.limit)]
         x1, y1, x2, y2 = ((boxes[kept] - [left, top, left, top]) / [x_scale, y_scale, x_scale, y_scale]).T
         normalised = np.stack([y1 / image.height, x1 / image.width, y2 / image.height, x2 / image.width], axis=1)
