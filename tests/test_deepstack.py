@@ -58,6 +58,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, mirror: str) -> Iterator[Se
     )
     assert pulled.returncode == 0, pulled.stderr
     assert "[coco-ssd]" in (usr / "object_detection.config").read_text()
+    with (usr / "object_detection.config").open("a", encoding="utf-8") as config:  # a model a user brings
+        config.write(
+            f"\n[yolox]\nGRAPH = {DETECT_MODELS / 'yolox_nano.onnx'}\nLABELS = {DETECT_MODELS / 'coco80_labels.txt'}\n"
+        )
     running = Server(folder / "session", usr, folder / "serve.log")
     yield running
     running.stop()
@@ -154,9 +158,22 @@ def test_scene_custom_list_and_update_through_the_clients(served: Server) -> Non
     custom = DeepstackObject(ip="127.0.0.1", port=served.port, timeout=60, custom_model="coco-ssd")
     assert "bird" in {p["label"] for p in custom.detect(photo)}
     listed = requests.post(f"{served.url}/v1/vision/custom/list", timeout=10).json()
-    assert listed == {"success": True, "models": ["coco-ssd"]}
+    assert listed == {"success": True, "models": ["coco-ssd", "yolox"]}
     update = requests.get(f"{served.url}/v1/status/updateavailable", timeout=10).json()
     assert update["success"] is True and update["updateAvailable"] is False
+
+
+def test_the_clients_get_yolox_boxes_from_a_custom_model(served: Server) -> None:
+    """An ONNX YOLOX section a user added, through deepstack-python and codeproject-ai-api:
+    predictions best first, lower-case COCO names (Frigate's plugin reads them so)."""
+    photo = (IMAGES / "kite_and_cold.jpg").read_bytes()
+    deepstack = DeepstackObject(ip="127.0.0.1", port=served.port, timeout=60, custom_model="yolox").detect(photo)
+    codeproject = CodeProjectAIObject(ip="127.0.0.1", port=served.port, timeout=60, custom_model="yolox")
+    for predictions in (deepstack, codeproject.detect(photo)):
+        labels = [p["label"] for p in predictions]
+        scores = [p["confidence"] for p in predictions]
+        assert labels.count("person") >= 2 and "kite" in labels, labels
+        assert scores == sorted(scores, reverse=True) and all(label == label.lower() for label in labels)
 
 
 def test_bad_input_is_a_deepstack_4xx(served: Server) -> None:
