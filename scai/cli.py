@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from scai import __version__, config, metrics
-from scai.errors import ScaiError
+from scai.errors import ConfigError, ScaiError
 
 
 def _folders(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--portal-processes", default="auto", metavar="auto|N", help="uwsgi processes (default auto: one per core)"
     )
 
-    models = commands.add_parser("models", help="install ready-made models (scai models list)")
+    models = commands.add_parser("models", help="install ready-made models (scai models list) or your own")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     listed = actions.add_parser("list", help="the catalogue, and what is installed")
     listed.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR; default ./usr)")
@@ -186,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL|DIR",
         help="a mirror URL or a folder with the files (default: their source)",
     )
+
+    add = actions.add_parser("add", help="install your own .onnx or .tflite model (checked by loading it)")
+    add.add_argument("name", help="the model's name: model=NAME, /v1/vision/custom/NAME")
+    add.add_argument("file", type=Path, help="the model file (.onnx, .tflite, ...)")
+    add.add_argument("--labels", type=Path, help="one class a line, the first is class 0")
+    add.add_argument("--job", choices=sorted(config.JOB_ALIASES), default="detect", help="default: detect")
+    add.add_argument("--layout", help="yolox or yolo, where the model's shapes cannot tell")
+    add.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other key of the section")
+    add.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR; default ./usr)")
 
     clean = commands.add_parser("clean", help="remove sessions older than a limit")
     add_clean_arguments(clean)
@@ -335,9 +344,28 @@ def run_models(args: argparse.Namespace) -> int:
     if args.action == "list":
         print("\n".join(catalogue.listing(usr)))
         return 0
+    if args.action == "add":
+        return run_add(args, usr)
     folder = catalogue.pull(usr, args.name, args.source)
     job = catalogue.entry(args.name).job
     print(f"installed {args.name} in {folder}; served as model={args.name} ([{args.name}] in {usr / job}.config)")
+    return 0
+
+
+def run_add(args: argparse.Namespace, usr: Path) -> int:
+    from scai.bring import add
+
+    if bad := [item for item in args.set if "=" not in item]:
+        raise ConfigError(f"--set takes KEY=VALUE, not {bad[0]!r}")
+    keys = dict(item.split("=", 1) for item in args.set)
+    if args.layout:
+        keys["layout"] = args.layout
+    job = config.JOB_ALIASES[args.job]
+    recognised = add(usr, args.name, args.file, args.labels, job, keys)
+    route = f"/api/v1/{args.job}?model={args.name}" + (
+        f", /v1/vision/custom/{args.name}" if job == config.DETECTION else ""
+    )
+    print(f"added {args.name}: {recognised}; served as {route} ([{args.name}] in {usr / job}.config)")
     return 0
 
 
