@@ -131,9 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
 
-    evaluate = commands.add_parser("evaluate", help="accuracy, precision and recall of a model on a labelled folder")
-    evaluate.add_argument("dataset", type=Path, metavar="DATASET_DIR")
-    evaluate.add_argument("--model", help="a section of usr/image_classification.config (default: default)")
+    evaluate = commands.add_parser(
+        "evaluate", help="a classifier's accuracy on a labelled folder, or a detector's COCO mAP (--coco)"
+    )
+    evaluate.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="class folders, or the photos (--coco)")
+    evaluate.add_argument("--model", help="a section of the job's config (default: default)")
+    evaluate.add_argument("--coco", type=Path, metavar="INSTANCES_JSON", help="COCO annotations: a detector's mAP")
+    evaluate.add_argument("--report", type=Path, metavar="DIR", help="--coco: write report.md, metrics.json, a plot")
     evaluate.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR)")
 
     quantize = commands.add_parser("quantize", help="a smaller head for a model made by scai train")
@@ -313,6 +317,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.coco:
+        return run_coco_evaluate(args)
     from scai.train.evaluate import evaluate
 
     usr = _settings(args).usr_dir
@@ -320,6 +326,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(result.table())
+    return 0
+
+
+def run_coco_evaluate(args: argparse.Namespace) -> int:
+    from scai import cocoeval
+
+    settings = _settings(args)
+    spec = config.pick_model(config.load_models(settings.usr_dir, config.DETECTION), args.model)
+    result = cocoeval.evaluate(spec, args.coco, args.dataset, settings.max_pixels, args.report)
+    print(result.table())
+    if result.unmatched_labels:
+        print(f"labels no category is named like: {', '.join(result.unmatched_labels)}", file=sys.stderr)
     return 0
 
 

@@ -73,9 +73,12 @@ def test_a_corrupt_onnx_file_is_one_line(tmp_path: Path) -> None:
 # -- the shared models ----------------------------------------------------------------------------
 
 
-def reference_yolox(photo: Path) -> list[tuple[int, float, list[float]]]:
+def reference_yolox(
+    photo: Path, floor: float = 0.3, iou: float = 0.45, limit: int = 100
+) -> list[tuple[int, float, list[float]]]:
     """YOLOX-Nano as the assets' README states it, without SCAI: BGR letterbox into the top-left
-    corner padded with 114, raw cells decoded by stride, class-wise NMS at 0.45 (OpenCV's)."""
+    corner padded with 114, raw cells decoded by stride, class-wise NMS (OpenCV's); the best
+    ``limit`` over ``floor``."""
     import onnxruntime
 
     image = cv2.imread(str(photo))
@@ -91,19 +94,19 @@ def reference_yolox(photo: Path) -> list[tuple[int, float, list[float]]]:
     for (x, y, s), row in zip(cells, out, strict=True):
         scores = row[4] * row[5:]
         best = int(scores.argmax())
-        if scores[best] < 0.3:
+        if scores[best] < floor:
             continue
         cx, cy, w, h = (row[0] + x) * s, (row[1] + y) * s, np.exp(row[2]) * s, np.exp(row[3]) * s
         found.append((best, float(scores[best]), [cx - w / 2, cy - h / 2, w, h]))
     result = []
     for klass in {f[0] for f in found}:
         mine = [f for f in found if f[0] == klass]
-        keep = cv2.dnn.NMSBoxes([f[2] for f in mine], [f[1] for f in mine], 0.3, 0.45)
+        keep = cv2.dnn.NMSBoxes([f[2] for f in mine], [f[1] for f in mine], floor, iou)
         for i in np.array(keep).reshape(-1):
             _, score, (x, y, w, h) = mine[i]
             box = [y / ratio / height, x / ratio / width, (y + h) / ratio / height, (x + w) / ratio / width]
             result.append((klass, score, [min(1.0, max(0.0, v)) for v in box]))
-    return result
+    return sorted(result, key=lambda found: -found[1])[:limit]
 
 
 def served(spec: ModelSpec, photo: Path) -> list[tuple[int, float, list[float]]]:
