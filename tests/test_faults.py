@@ -64,7 +64,9 @@ def test_an_upload_that_kills_its_workers_fails_after_three_and_the_job_kind_kee
             killed.append(found)
         kills = len(killed)
         state = store.state(session_id)
-        assert kills == 3 and state["state"] == "failure" and "the image stopped 3 workers" in state["message"]
+        # 3 deliveries; a kill may also hit a worker that held the marker's lock only to recover it
+        assert 3 <= kills < 10 and state["state"] == "failure", (kills, state)
+        assert "the image stopped 3 workers (delivered 3 times)" in state["message"]
         final = requests.get(f"{server.url}/api/v1/sessions/{session_id}", params={"key": key}, timeout=10).json()
         assert final["state"] == "failure"
         assert server.classify(IMAGES / "grace_hopper.jpg").json()["state"] == "complete", "the job kind serves"
