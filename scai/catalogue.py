@@ -36,6 +36,7 @@ from typing import IO
 
 from scai import config
 from scai.errors import ConfigError, DownloadError, Interrupted
+from scai.sessions import atomic_write
 
 #: Folder under ``usr/`` that pulled models go to, one subfolder each.
 MODELS_FOLDER = "models"
@@ -64,8 +65,28 @@ class Entry:
     files: tuple[File, ...]
     #: The model section; ``{folder}`` becomes the folder the files are installed in.
     section: dict[str, str] = field(default_factory=dict)
+    #: Files written from the catalogue itself, not downloaded (a label list, say).
+    texts: dict[str, str] = field(default_factory=dict)
+    #: COCO val2017 mAP@[.5:.95] as its authors publish it (None: not a COCO detector).
+    coco_map: float | None = None
+    licence: str = ""
 
 
+#: The 80 COCO categories in the order 80-class detectors number them, as COCO names them:
+#: Frigate and Home Assistant match these names (``motorcycle``, not Darknet's ``motorbike``).
+_COCO80_WORDS = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign "
+    "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella "
+    "handbag tie suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard "
+    "surfboard tennis_racket bottle wine_glass cup fork knife spoon bowl banana apple sandwich orange "
+    "broccoli carrot hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv laptop "
+    "mouse remote keyboard cell_phone microwave oven toaster sink refrigerator book clock vase scissors "
+    "teddy_bear hair_drier toothbrush"
+)
+COCO80 = tuple(word.replace("_", " ") for word in _COCO80_WORDS.split())
+
+
+_YOLOX_SAMPLE = "https://github.com/Kazuhito00/YOLOX-ONNX-TFLite-Sample/raw/3d4f1119d0694200671c08069ecb847aa0d8495a/"
 _TFLITE_SUPPORT = (
     "https://github.com/tensorflow/tflite-support/raw/dd3362ea685bb7ab1f7268c81ec567d3b720ae57/tensorflow_lite_support/"
 )
@@ -97,6 +118,31 @@ CATALOGUE = {
                 "min_score_thresh": "0.5",
                 "max_boxes_to_draw": "20",
             },
+            coco_map=0.18,
+            licence="Apache-2.0",
+        ),
+        Entry(
+            name="yolox-nano",
+            job=config.DETECTION,
+            summary="YOLOX-Nano (Megvii), COCO (80 classes), ONNX, 3.7 MB",
+            files=(
+                File(
+                    "yolox_nano.onnx",
+                    _YOLOX_SAMPLE + "model/yolox_nano.onnx",
+                    3660092,
+                    "695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14",
+                ),
+            ),
+            texts={"coco80_labels.txt": "\n".join(COCO80) + "\n"},
+            section={
+                "GRAPH": "{folder}/yolox_nano.onnx",
+                "LABELS": "{folder}/coco80_labels.txt",
+                "LAYOUT": "yolox",
+                "min_score_thresh": "0.5",
+                "max_boxes_to_draw": "20",
+            },
+            coco_map=0.258,
+            licence="Apache-2.0",
         ),
     )
 }
@@ -114,12 +160,24 @@ def installed(usr_dir: Path, item: Entry) -> bool:
 
 
 def listing(usr_dir: Path) -> list[str]:
-    """One line per catalogue entry: name, job kind, installed or not, what it is."""
-    lines = []
+    """One line per catalogue entry: name, job kind, installed or not, COCO mAP, size, licence, what."""
+    lines = [f"{'name':<11} {'job':<8} {'status':<10} {'COCO mAP':<9} {'size':<8} {'licence':<11} what"]
     for item in CATALOGUE.values():
         status = "installed" if installed(usr_dir, item) else "-"
-        lines.append(f"{item.name:<10} {config.ALIAS_OF_JOB[item.job]:<8} {status:<10} {item.summary}")
+        score = f"{item.coco_map:.3f}" if item.coco_map is not None else "-"
+        size = _size(sum(file.size for file in item.files))
+        lines.append(
+            f"{item.name:<11} {config.ALIAS_OF_JOB[item.job]:<8} {status:<10} {score:<9} {size:<8} "
+            f"{item.licence or '-':<11} {item.summary}"
+        )
     return lines
+
+
+def most_accurate_coco_detector(usr_dir: Path) -> str | None:
+    """The installed catalogue detector with the best published COCO mAP (None: none installed)."""
+    models = config.load_models(usr_dir, config.DETECTION)
+    ranked = [item for item in CATALOGUE.values() if item.coco_map is not None and item.name in models]
+    return max(ranked, key=lambda item: item.coco_map or 0.0).name if ranked else None
 
 
 def pull(usr_dir: Path, name: str, source: str | None = None, progress: IO[str] | None = None) -> Path:
@@ -192,6 +250,9 @@ def _install(
         for temporary, target in downloaded:
             os.replace(temporary, target)
             placed.append(target)
+        for name, text in item.texts.items():
+            atomic_write(folder / name, text.encode("utf-8"))
+            placed.append(folder / name)
         keys = {key: value.format(folder=f"{MODELS_FOLDER}/{item.name}") for key, value in item.section.items()}
         try:
             config.write_section(config_path, item.name, keys)

@@ -146,7 +146,7 @@ class Settings:
     )
     api_keys: str = setting("", "SCAI_API_KEYS", "keys that uploads and model lists need, comma-separated", guard=True)
     deepstack_model: str = setting(
-        "", "SCAI_DEEPSTACK_MODEL", "detection section of /v1/vision/detection (default: coco-ssd if installed)"
+        "", "SCAI_DEEPSTACK_MODEL", "detection section of /v1/vision/detection (default: the best COCO detector pulled)"
     )
     metrics_dir: str = setting(
         "", "SCAI_METRICS_DIR", "folder the processes share metrics in (default: one in /dev/shm per session folder)"

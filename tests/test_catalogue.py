@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +17,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, wait_for
+from conftest import ASSETS, DETECT_MODELS, IMAGES, ROOT, free_port, needs_assets, wait_for
 
 from scai import catalogue
 from scai.catalogue import Entry, File
@@ -174,3 +176,25 @@ def test_a_signal_mid_download_removes_the_partial_file_in_one_line(tmp_path, st
     assert "Traceback" not in error
     assert error.strip().splitlines()[-1] == f"scai: stopped by {stopping.name}: nothing was installed", error
     assert not (usr / "models").exists(), list(usr.rglob("*"))
+
+
+@needs_assets
+def test_yolox_nano_is_pulled_with_coco_names_and_listed_with_its_map(tmp_path, capsys) -> None:
+    mirror, usr = tmp_path / "mirror", tmp_path / "usr"
+    mirror.mkdir()
+    shutil.copyfile(DETECT_MODELS / "yolox_nano.onnx", mirror / "yolox_nano.onnx")  # the pinned file, offline
+    assert main(["models", "pull", "yolox-nano", "--from", str(mirror), "--usr", str(usr)]) == 0
+    labels = (usr / "models" / "yolox-nano" / "coco80_labels.txt").read_text().splitlines()
+    categories = json.loads((ASSETS / "datasets" / "coco_subset" / "instances.json").read_text())["categories"]
+    assert labels == [c["name"] for c in sorted(categories, key=lambda c: c["id"])], "COCO's own names, in order"
+    assert load_models(usr, DETECTION)["yolox-nano"].options["layout"] == "yolox"
+    capsys.readouterr()
+    assert main(["detect", str(IMAGES / "kite_and_cold.jpg"), "--model", "yolox-nano", "--usr", str(usr)]) == 0
+    assert "kite: " in capsys.readouterr().out
+    assert main(["models", "list", "--usr", str(usr)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("yolox-nano"))
+    assert row.split()[2:6] == ["installed", "0.258", "3.7", "MB"] and "Apache-2.0" in row
+    assert catalogue.most_accurate_coco_detector(usr) == "yolox-nano"
+    config = usr / f"{DETECTION}.config"
+    config.write_text(config.read_text() + "\n[coco-ssd]\nPATH_TO_CKPT = x.tflite\n")
+    assert catalogue.most_accurate_coco_detector(usr) == "yolox-nano", "by published mAP, not by order"

@@ -27,7 +27,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, after_this_request, jsonify, request
 
 from object_detection.boxes import Box
-from scai import __version__, apikeys, config, imaging
+from scai import __version__, apikeys, catalogue, config, imaging
 from scai.config import CLASSIFICATION, DETECTION
 from scai.errors import SessionNotFound
 from scai.portal import DEEPSTACK_PREFIX
@@ -39,8 +39,6 @@ log = logging.getLogger("scai.portal")
 
 #: DeepStack's default for ``min_confidence``.
 DEFAULT_MIN_CONFIDENCE = 0.40
-#: The section ``/v1/vision/detection`` prefers, installed by ``scai models pull coco-ssd``.
-COCO_SECTION = "coco-ssd"
 
 
 def _min_confidence() -> float:
@@ -51,10 +49,12 @@ def _min_confidence() -> float:
 
 
 def detection_model() -> str:
-    """``SCAI_DEEPSTACK_MODEL``, else the COCO detector where it is installed, else the default."""
+    """``SCAI_DEEPSTACK_MODEL``, else the most accurate COCO detector installed from the catalogue
+    (``scai models pull yolox-nano``, ``coco-ssd``), else the default: DeepStack's route finds
+    COCO's objects."""
     if settings().deepstack_model:
         return settings().deepstack_model
-    return COCO_SECTION if COCO_SECTION in config.load_models(settings().usr_dir, DETECTION) else config.DEFAULT_MODEL
+    return catalogue.most_accurate_coco_detector(settings().usr_dir) or config.DEFAULT_MODEL
 
 
 def _run(job: str, model: str, options: dict[str, Any]) -> tuple[dict[str, Any], float]:
