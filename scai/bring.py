@@ -11,6 +11,7 @@ classes) is said, so a user sees how it will be served: ``/api/v1/detect?model=N
 
 from __future__ import annotations
 
+import configparser
 import re
 import shutil
 from contextlib import suppress
@@ -58,10 +59,8 @@ def add(usr_dir: Path, name: str, model: Path, labels: Path | None, job: str, ke
     return recognised
 
 
-def _section(keys: dict[str, str]) -> object:
+def _section(keys: dict[str, str]) -> configparser.SectionProxy:
     """``keys`` as the config parser gives a section (lower-case keys)."""
-    import configparser
-
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_dict({"section": keys})
     return parser["section"]
