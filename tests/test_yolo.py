@@ -232,3 +232,10 @@ def test_a_model_that_emits_nan_reports_nothing(tmp_path: Path) -> None:
     detector = load_detector(ModelSpec("nan", DETECTION, tmp_path / "nan.onnx", options={"layout": "yolox"}))
     found = detector.detect_one(Image.new("RGB", (64, 48), (1, 2, 3)))
     assert len(found.boxes) == 0 and len(found.scores) == 0
+
+
+def test_a_tflite_classification_worker_does_not_load_opencv() -> None:
+    """OpenCV (17 MB of a worker's memory) is loaded by the YOLO family's preparation only."""
+    code = "import sys; from scai.engines import load_classifier, tflite; print('cv2' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"

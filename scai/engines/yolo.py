@@ -23,7 +23,6 @@ from __future__ import annotations
 from abc import abstractmethod
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -52,6 +51,8 @@ class Preparation:
     def apply(self, image: Image.Image) -> tuple[np.ndarray, tuple[float, float, float, float]]:
         """The input tensor [1, ...] and the geometry that maps its pixels back to the image:
         (x offset, y offset, x scale, y scale), input pixel = image pixel * scale + offset."""
+        import cv2  # here, not at the top: a classification worker imports this module too (17 MB)
+
         height, width = self.size
         photo = np.asarray(image)
         if self.letterbox == "stretch":
