@@ -149,10 +149,12 @@ class Claim:
     done: bool = False
     #: The line this claim appended to the marker (None: it could not, on a full disk).
     line: bytes | None = None
-    #: The marker's size before that line: giving the session back truncates it to this.
-    offset: int = 0
-    #: Which delivery of the session this claim is (1 for the first worker to take it).
-    deliveries: int = 1
+
+    @property
+    def deliveries(self) -> int:
+        """Which delivery of the session this claim is (1 for the first worker to take it), read
+        from the marker when asked: a claim costs one write, nothing more."""
+        return 1 if self.line is None else _deliveries(_marker_text(self.fd))
 
 
 class SessionStore:
@@ -382,14 +384,12 @@ class SessionStore:
         self._claims += 1
         line = f"{os.getpid()}.{self._claims} {now_iso()}\n".encode()
         try:
-            claim.offset = os.fstat(claim.fd).st_size
             os.write(claim.fd, line)  # O_APPEND; also restarts the lease (the marker's mtime)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EBADF):
                 raise
             return
         claim.line = line
-        claim.deliveries = _deliveries(_marker_text(claim.fd))
 
     def owns(self, claim: Claim) -> bool:
         """Whether ``claim`` is still this worker's: no recovery took the session over since
@@ -462,9 +462,11 @@ class SessionStore:
         """Let go of a claim without finishing it: the next ``recover`` returns it to the pool.
         Given back on purpose, it takes its delivery off the count. A claim already let go is
         left alone."""
-        if not claim.done and claim.line is not None and self.owns(claim):
-            with suppress(OSError):  # uncounted is the worst that can happen
-                os.ftruncate(claim.fd, claim.offset)
+        if not claim.done and claim.line is not None:
+            text = _marker_text(claim.fd)
+            if text.endswith(claim.line):  # still this worker's (see ``owns``): its line comes off
+                with suppress(OSError):  # uncounted is the worst that can happen
+                    os.ftruncate(claim.fd, len(text) - len(claim.line))
         self._let_go(claim)
 
     def _let_go(self, claim: Claim) -> None:
@@ -512,13 +514,14 @@ class SessionStore:
             except OSError:  # a marker this process may not write, a full disk: not now
                 return False
             hung = True
-        deliveries = _deliveries(_marker_text(fd))
+        text = _marker_text(fd)
+        deliveries = _deliveries(text)
         if deliveries >= MAX_DELIVERIES:
             self._fail_poisoned(session_id, path, deliveries)
             return False
         if hung:  # its lock stays on that file wherever it goes: the pool gets a new one
             os.rename(path, path.with_name(f".{session_id}{REVOKED_SUFFIX}"))
-            self._settle_takeover(job, session_id, _marker_text(fd))
+            self._settle_takeover(job, session_id, text)
         else:
             os.rename(path, self.pool(job) / session_id)
         return True
