@@ -16,6 +16,7 @@ import numpy as np
 
 from scai.config import ConfigError, ModelSpec, Threads
 from scai.engines.base import Classifier, normalise
+from scai.engines.tflite import threads_for
 from scai.engines.yolo import GridDetector, is_nchw
 
 
@@ -37,8 +38,7 @@ class Sessions:
     """One model's sessions for the thread plan (see the module)."""
 
     def __init__(self, spec: ModelSpec, threads: Threads | None) -> None:
-        value = spec.options.get("num_threads")
-        plan = Threads(int(value), int(value)) if value else threads
+        plan = threads_for(spec, threads)
         self.busy = session(spec.path, plan.busy if plan else None)
         self.lone = self.busy if plan is None or plan.lone == plan.busy else session(spec.path, plan.lone)
         self.current = self.busy
