@@ -215,12 +215,13 @@ class Connection(asyncio.BufferedProtocol):
     def read_head(self) -> bool:
         """What the head says of the body: its end, the room for it; False once refused."""
         head = bytes(self.data[: self.head_end])
+        chunked = is_chunked(head)
         try:
-            length = 0 if is_chunked(head) else content_length(head)
+            length = 0 if chunked else content_length(head)
         except BadRequest as error:
             self.refuse(400, str(error))
             return False
-        if is_chunked(head):
+        if chunked:
             self.chunked = ChunkedEnd(self.head_end, self.front.max_body)
         elif length > self.front.max_body:  # the portal answers 413 from the head alone
             self.end = self.head_end
