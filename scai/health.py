@@ -12,7 +12,6 @@ sessions.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 from scai import config, engines
@@ -50,9 +49,10 @@ def report(settings: Settings, store: Any = None) -> tuple[dict[str, Any], int]:
         jobs[config.ALIAS_OF_JOB[job]]["broken_models"] = broken
         if problem := models_problem(settings, job, broken):
             problems.append(problem)
-    if not settings.store and root.is_dir() and (full := disk_full(settings)):
+    usage = os.statvfs(root) if root.is_dir() else None
+    if not settings.store and usage and (full := disk_full(settings, usage)):
         problems.append(full)
-    free = shutil.disk_usage(root).free if root.is_dir() else 0
+    free = usage.f_bavail * usage.f_frsize if usage else 0
     body = {"status": "ok" if not problems else "; ".join(problems), "jobs": jobs, "free_disk_mb": free // 2**20}
     return body, 503 if problems else 200
 
@@ -87,11 +87,10 @@ def models_problem(settings: Settings, job: str, broken: dict[str, str]) -> str 
     return None
 
 
-def disk_full(settings: Settings) -> str | None:
+def disk_full(settings: Settings, usage: os.statvfs_result) -> str | None:
     """Why the session folder cannot be trusted with an upload, or None: its disk has less room
     than one upload of the largest size allowed, or no free inode, so an upload may be refused
-    (507). One statvfs: cheap enough for a /healthz polled often."""
-    usage = os.statvfs(settings.session_dir)
+    (507). ``usage``: the folder's statvfs, which /healthz reads once for this and its free space."""
     free = usage.f_bavail * usage.f_frsize
     if usage.f_files and not usage.f_favail:
         return "disk full: no free inode for the session folder"
