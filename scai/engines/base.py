@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scai.config import ConfigError, ModelSpec
+from scai.config import RESIZE_CHOICES, ConfigError, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,36 @@ def resized(image: Image.Image, input_size: tuple[int, int]) -> Image.Image:
     every engine and the reference predictions use."""
     height, width = input_size
     return image.resize((width, height), Image.BILINEAR)
+
+
+def tensorflow_resized(image: Image.Image, input_size: tuple[int, int]) -> Image.Image:
+    """The image resized as TensorFlow 1's ``ResizeBilinear`` does (no antialiasing, no half-pixel
+    centres), which Object Detection API graphs run inside themselves: a model converted from one
+    (``scai models convert``) finds what the graph found only when fed this. Pillow's bilinear
+    filter, which smooths as it shrinks, moved detection scores by up to 0.3 on the test photos.
+    Only the pixels sampled are read, whatever the image's size."""
+    height, width = input_size
+    if (image.height, image.width) == (height, width):
+        return image
+    pixels = np.asarray(image)
+    rows, row_weight = _samples(image.height, height)
+    columns, column_weight = _samples(image.width, width)
+    top, bottom = pixels[rows[0]].astype(np.float32), pixels[rows[1]].astype(np.float32)
+    vertical = top + (bottom - top) * row_weight[:, None, None]
+    left, right = vertical[:, columns[0]], vertical[:, columns[1]]
+    blended = left + (right - left) * column_weight[None, :, None]
+    return Image.fromarray(np.round(blended).clip(0, 255).astype(np.uint8))
+
+
+def _samples(source: int, target: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """For each target pixel: the two source pixels it lies between, and its weight on the second."""
+    position = np.arange(target, dtype=np.float32) * np.float32(source / target)
+    first = np.floor(position).astype(np.int64)
+    return (first, np.minimum(first + 1, source - 1)), position - first
+
+
+#: How a detector's input is resized (the RESIZE key): Pillow's bilinear filter, or TensorFlow 1's.
+RESIZES = dict(zip(RESIZE_CHOICES, (resized, tensorflow_resized), strict=True))
 
 
 def normalise(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from scai.config import ConfigError, ModelSpec, Threads
-from scai.engines.base import Classifier, Detections, Detector, normalise, resized
+from scai.engines.base import RESIZES, Classifier, Detections, Detector, normalise
 from scai.engines.yolo import GridDetector
 
 
@@ -172,7 +172,8 @@ class TFLiteClassifier(Classifier):
 
 
 class TFLiteSSDDetector(Detector):
-    """An SSD with the ``TFLite_Detection_PostProcess`` op: boxes, classes, scores, count."""
+    """An SSD with the ``TFLite_Detection_PostProcess`` op: boxes, classes, scores, count. RESIZE
+    (``engines.base.RESIZES``) says how the image is brought to its input size."""
 
     first_class_id = 0
     ROLES = ("boxes", "classes", "scores", "count")
@@ -183,6 +184,7 @@ class TFLiteSSDDetector(Detector):
         self.input = self.interpreter.get_input_details()[0]
         self.input_size = tuple(int(v) for v in self.input["shape"][1:3])
         self.outputs = self._outputs_by_role(self.interpreter.get_output_details())
+        self.resize = RESIZES[spec.options.get("resize", "bilinear").lower()]
 
     def _outputs_by_role(self, details: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """The post-processing op's outputs are ``NAME``, ``NAME:1``, ``NAME:2``, ``NAME:3`` in
@@ -204,10 +206,10 @@ class TFLiteSSDDetector(Detector):
         self.interpreter.use_all_cores(lone)
 
     def shrink(self, image: Image.Image) -> Image.Image:
-        return resized(image, self.input_size)
+        return self.resize(image, self.input_size)
 
     def detect_one(self, image: Image.Image) -> Detections:
-        pixels = np.asarray(resized(image, self.input_size))[None]
+        pixels = np.asarray(self.resize(image, self.input_size))[None]
         values = input_values(pixels, self.input, self.spec.mean, self.spec.std, self.spec.explicit_normalisation)
         self.interpreter.set_tensor(self.input["index"], values)
         self.interpreter.invoke()
