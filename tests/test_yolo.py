@@ -73,22 +73,35 @@ def test_a_corrupt_onnx_file_is_one_line(tmp_path: Path) -> None:
 # -- the shared models ----------------------------------------------------------------------------
 
 
+def run_plainly(model: Path, tensor: np.ndarray) -> np.ndarray:
+    """A model's one output for one input, by onnxruntime or the LiteRT interpreter, as they come."""
+    if model.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: tensor})[0]
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], tensor)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
 def reference_yolox(
-    photo: Path, floor: float = 0.3, iou: float = 0.45, limit: int = 100
+    photo: Path, floor: float = 0.3, iou: float = 0.45, limit: int = 100, model: Path = YOLOX
 ) -> list[tuple[int, float, list[float]]]:
     """YOLOX-Nano as the assets' README states it, without SCAI: BGR letterbox into the top-left
     corner padded with 114, raw cells decoded by stride, class-wise NMS (OpenCV's); the best
     ``limit`` over ``floor``."""
-    import onnxruntime
-
     image = cv2.imread(str(photo))
     height, width = image.shape[:2]
     ratio = min(416 / height, 416 / width)
     canvas = np.full((416, 416, 3), 114, dtype=np.uint8)
     inner = cv2.resize(image, (int(width * ratio), int(height * ratio)), interpolation=cv2.INTER_LINEAR)
     canvas[: inner.shape[0], : inner.shape[1]] = inner
-    session = onnxruntime.InferenceSession(str(YOLOX), providers=["CPUExecutionProvider"])
-    out = session.run(None, {"images": canvas.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
+    out = run_plainly(model, canvas.transpose(2, 0, 1)[None].astype(np.float32))[0]
     cells = [(x, y, s) for s in (8, 16, 32) for y in range(416 // s) for x in range(416 // s)]
     found = []
     for (x, y, s), row in zip(cells, out, strict=True):
@@ -99,14 +112,20 @@ def reference_yolox(
         cx, cy, w, h = (row[0] + x) * s, (row[1] + y) * s, np.exp(row[2]) * s, np.exp(row[3]) * s
         found.append((best, float(scores[best]), [cx - w / 2, cy - h / 2, w, h]))
     result = []
+    for klass, score, (x, y, w, h) in kept_classwise(found, floor, iou):
+        box = [y / ratio / height, x / ratio / width, (y + h) / ratio / height, (x + w) / ratio / width]
+        result.append((klass, score, [min(1.0, max(0.0, v)) for v in box]))
+    return sorted(result, key=lambda found: -found[1])[:limit]
+
+
+def kept_classwise(found: list, floor: float, iou: float) -> list:
+    """(class, score, [x, y, w, h]) candidates thinned by OpenCV's NMS, one class at a time."""
+    kept = []
     for klass in {f[0] for f in found}:
         mine = [f for f in found if f[0] == klass]
         keep = cv2.dnn.NMSBoxes([f[2] for f in mine], [f[1] for f in mine], floor, iou)
-        for i in np.array(keep).reshape(-1):
-            _, score, (x, y, w, h) = mine[i]
-            box = [y / ratio / height, x / ratio / width, (y + h) / ratio / height, (x + w) / ratio / width]
-            result.append((klass, score, [min(1.0, max(0.0, v)) for v in box]))
-    return sorted(result, key=lambda found: -found[1])[:limit]
+        kept += [mine[i] for i in np.array(keep).reshape(-1)]
+    return kept
 
 
 def served(spec: ModelSpec, photo: Path) -> list[tuple[int, float, list[float]]]:
