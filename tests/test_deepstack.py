@@ -20,6 +20,7 @@ from conftest import DETECT_MODELS, IMAGES, ROOT, Server, needs_assets, referenc
 from deepstack.core import DeepstackException, DeepstackObject, DeepstackScene
 from deepstack_sdk import Detection, SceneRecognition, ServerConfig
 from PIL import Image
+from test_yolo import reference_yolox
 
 from scai import apikeys
 
@@ -174,6 +175,38 @@ def test_the_clients_get_yolox_boxes_from_a_custom_model(served: Server) -> None
         scores = [p["confidence"] for p in predictions]
         assert labels.count("person") >= 2 and "kite" in labels, labels
         assert scores == sorted(scores, reverse=True) and all(label == label.lower() for label in labels)
+
+
+def test_the_clients_get_yolox_boxes_from_the_default_route_once_it_is_pulled(mirror: str, tmp_path: Path) -> None:
+    """With yolox-nano pulled beside coco-ssd, the default route serves the more accurate one: the
+    clients' boxes are the plain onnxruntime reference's (test_yolo), best first, lower-case."""
+    usr = write_usr(tmp_path / "usr")
+    for name in ("coco-ssd", "yolox-nano"):
+        pulled = subprocess.run(
+            scai_command("models", "pull", name, "--from", mirror, "--usr", str(usr)),
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert pulled.returncode == 0, pulled.stderr
+    server = Server(tmp_path / "session", usr, tmp_path / "serve.log")
+    try:
+        photo = IMAGES / "kite_and_cold.jpg"
+        width, height = Image.open(photo).size
+        wanted = [
+            (x1 * width, y1 * height, x2 * width, y2 * height)
+            for klass, score, (y1, x1, y2, x2) in reference_yolox(photo)
+            if klass == 0 and score >= 0.5
+        ]
+        clients = (DeepstackObject(ip="127.0.0.1", port=server.port, timeout=60),
+                   CodeProjectAIObject(ip="127.0.0.1", port=server.port, timeout=60))  # fmt: skip
+        for client in clients:
+            predictions = client.detect(photo.read_bytes())
+            scores = [p["confidence"] for p in predictions]
+            people = [(p["x_min"], p["y_min"], p["x_max"], p["y_max"]) for p in predictions if p["label"] == "person"]
+            assert scores == sorted(scores, reverse=True) and all(p["label"] == p["label"].lower() for p in predictions)
+            assert len(people) >= len(wanted) >= 2
+            assert all(max(iou(want, got) for got in people) >= 0.9 for want in wanted), (wanted, people)
+    finally:
+        server.stop()
 
 
 def test_bad_input_is_a_deepstack_4xx(served: Server) -> None:
