@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("file", type=Path, help="the model file (.onnx, .tflite, ...)")
     add.add_argument("--labels", type=Path, help="one class a line, the first is class 0")
     add.add_argument("--job", choices=sorted(config.JOB_ALIASES), default="detect", help="default: detect")
-    add.add_argument("--layout", help="yolox or yolo, where the model's shapes cannot tell")
+    add.add_argument("--layout", help="yolox, yolo or detr, where the model's shapes cannot tell")
     add.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other key of the section")
 
     convert = actions.add_parser(

@@ -258,8 +258,9 @@ class ModelSpec:
     input_layer: str | None = None
     output_layer: str | None = None
     input_size: tuple[int, int] | None = None  # (height, width)
-    input_mean: float | None = None
-    input_std: float | None = None
+    #: One number, or one a channel (R, G, B): (pixel x INPUT_SCALE - mean) / std.
+    input_mean: float | tuple[float, ...] | None = None
+    input_std: float | tuple[float, ...] | None = None
     #: The whole section, lower-cased keys, for the options a single engine reads.
     options: dict[str, str] = field(default_factory=dict)
     #: Why the section cannot be served (a bad key, no model named), or None. Such a section
@@ -273,12 +274,12 @@ class ModelSpec:
             raise ConfigError(self.problem)
 
     @property
-    def mean(self) -> float:
+    def mean(self) -> float | tuple[float, ...]:
         """Float inputs get (pixel - mean) / std: INPUT_MEAN, else DEFAULT_MEAN."""
         return DEFAULT_MEAN if self.input_mean is None else self.input_mean
 
     @property
-    def std(self) -> float:
+    def std(self) -> float | tuple[float, ...]:
         return DEFAULT_STD if self.input_std is None else self.input_std
 
     @property
@@ -316,13 +317,18 @@ def _parse_size(value: str) -> tuple[int, int]:
     raise ConfigError(f"INPUT_SIZE must be 'N' or 'H,W', not {value!r}")
 
 
-def _parse_number(value: str | None, key: str, name: str, job: str) -> float | None:
+def _parse_number(value: str | None, key: str, name: str, job: str) -> float | tuple[float, ...] | None:
+    """One number, or three (one a channel, comma-separated); none of them zero for INPUT_STD."""
     if not value:
         return None
     try:
-        return float(value)
+        numbers = tuple(float(part) for part in value.split(","))
     except ValueError:
-        raise ConfigError(f"section [{name}] of {job}.config: {key} must be a number, not {value!r}") from None
+        numbers = ()
+    if len(numbers) not in (1, 3) or (key == "INPUT_STD" and 0.0 in numbers):
+        allowed = "a number or three (R,G,B)" + (", none of them 0" if key == "INPUT_STD" else "")
+        raise ConfigError(f"section [{name}] of {job}.config: {key} must be {allowed}, not {value!r}") from None
+    return numbers[0] if len(numbers) == 1 else numbers
 
 
 def _first(section: configparser.SectionProxy, *keys: str) -> str | None:

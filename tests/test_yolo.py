@@ -1,5 +1,5 @@
 """Detectors of today's kind: ONNX Runtime and TFLite exports of YOLOX and YOLOv8 decoded by
-``scai.engines.yolo``. The fast tests need no assets; the rest run the shared models, against a
+``scai.engines.layouts``. The fast tests need no assets; the rest run the shared models, against a
 reference written here independently of the engine (onnxruntime, OpenCV's resize, the decode
 as the model's README states it)."""
 
@@ -19,7 +19,7 @@ from PIL import Image
 
 from scai.config import DETECTION, ConfigError, ModelSpec, Settings, Threads
 from scai.engines import load_detector
-from scai.engines.yolo import Preparation, recognise, suppress
+from scai.engines.layouts import Preparation, recognise, suppress
 from scai.portal import create_app
 from scai.worker import Worker
 
@@ -54,14 +54,14 @@ def test_the_letterbox_maps_back_exactly(letterbox: str, offset: tuple[int, int]
 
 
 def test_layouts_are_recognised_from_the_outputs_or_asked_for() -> None:
-    assert recognise((1, 3549, 85), (416, 416), 80, "m") == "yolox"
-    assert recognise((1, 84, 8400), (640, 640), 80, "m") == "yolo"  # v8: channels first
-    assert recognise((1, 25200, 85), (640, 640), 80, "m") == "yolo"  # v5: three anchors a cell
-    assert recognise((1, 8400, 84), (640, 640), 80, "m") == "yolo"  # v8 transposed
+    assert recognise([(1, 3549, 85)], (416, 416), 80, "m") == "yolox"
+    assert recognise([(1, 84, 8400)], (640, 640), 80, "m") == "yolo"  # v8: channels first
+    assert recognise([(1, 25200, 85)], (640, 640), 80, "m") == "yolo"  # v5: three anchors a cell
+    assert recognise([(1, 8400, 84)], (640, 640), 80, "m") == "yolo"  # v8 transposed
     with pytest.raises(ConfigError, match=r"\[1, 3549, 85\].*could be: yolox, yolo\); set LAYOUT"):
-        recognise((1, 3549, 85), (416, 416), None, "m")  # no labels: 80 classes or 81?
-    with pytest.raises(ConfigError, match=r"could be: none of yolox, yolo"):
-        recognise((1, 1000, 85), (416, 416), 80, "m")
+        recognise([(1, 3549, 85)], (416, 416), None, "m")  # no labels: 80 classes or 81?
+    with pytest.raises(ConfigError, match=r"could be: none of yolox, yolo, detr"):
+        recognise([(1, 1000, 85)], (416, 416), 80, "m")
 
 
 def test_a_corrupt_onnx_file_is_one_line(tmp_path: Path) -> None:
@@ -258,3 +258,74 @@ def test_a_tflite_classification_worker_does_not_load_opencv() -> None:
     code = "import sys; from scai.engines import load_classifier, tflite; print('cv2' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
+
+
+def detr_model(path: Path, boxes: np.ndarray, logits: np.ndarray) -> Path:
+    """A DETR-shaped ONNX model built here, input [1, 3, 64, 96]: its boxes are ``boxes``, its
+    logits ``logits`` plus the mean of the prepared input (zero only when it is prepared right)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    queries, classes = logits.shape
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
+            helper.make_node("Add", ["base", "mean"], ["logits"]),
+            helper.make_node("Identity", ["fixed"], ["boxes"]),
+        ],
+        "detr",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 96])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, queries, 4]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, queries, classes]),
+        ],
+        [
+            onnx.numpy_helper.from_array(boxes[None].astype(np.float32), "fixed"),
+            onnx.numpy_helper.from_array(logits[None].astype(np.float32), "base"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def sigmoid(value: float) -> float:
+    return float(1 / (1 + np.exp(-value)))
+
+
+def test_a_detr_is_recognised_and_its_best_query_class_pairs_kept_without_suppression(tmp_path: Path) -> None:
+    """RT-DETR / RF-DETR style: normalised centre and size, sigmoid logits, a mean and deviation a
+    channel. A query may name two classes; a NaN box and a score under the floor are dropped."""
+    boxes = np.array([[0.5, 0.5, 0.2, 0.4], [0.25, 0.25, 0.1, 0.1], [0.5, 0.5, 1, 1], [np.nan, 0, 0, 0],
+                      [0.5, 0.5, 0.2, 0.4]])  # fmt: skip
+    logits = np.array([[4, -6, -6], [-6, 2, 1], [-10, -10, -10], [9, 9, 9], [0, -10, -10]])
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    spec = ModelSpec(
+        "detr", DETECTION, detr_model(tmp_path / "detr.onnx", boxes, logits), tmp_path / "labels.txt",
+        input_mean=(0.2, 0.4, 0.6), input_std=(0.5, 0.25, 0.125),
+    )  # fmt: skip
+    detector = load_detector(spec)
+    assert detector.layout == "detr" and detector.input_size == (64, 96)
+    # each channel at its mean once scaled to 0-1: every prepared value 0, the logits as built
+    found = detector.detect_one(Image.new("RGB", (200, 100), (51, 102, 153)))
+    assert found.classes.tolist() == [0, 1, 2, 0]
+    assert np.allclose(found.scores, [sigmoid(4), sigmoid(2), sigmoid(1), sigmoid(0)], atol=1e-4)
+    assert np.allclose(found.boxes[0], [0.3, 0.4, 0.7, 0.6]) and np.allclose(found.boxes[1], [0.2, 0.2, 0.3, 0.3])
+    shifted = detector.detect_one(Image.new("RGB", (200, 100), (0, 0, 0)))
+    assert not np.allclose(shifted.scores[0], sigmoid(4), atol=1e-3), "the preparation reaches the model"
+
+
+def test_detrs_no_object_class_is_dropped_and_pixel_corners_read(tmp_path: Path) -> None:
+    """The original DETR: one class more than the labels ("no object", last), softmax; here with
+    corner boxes in input pixels (BOX_FORMAT = xyxy)."""
+    boxes = np.array([[9.6, 6.4, 48, 32], [0, 0, 96, 64]])
+    logits = np.array([[3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 8.0]])  # the second query: no object
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    spec = ModelSpec("detr", DETECTION, detr_model(tmp_path / "d.onnx", boxes, logits), tmp_path / "labels.txt",
+                     input_mean=127.5, input_std=127.5, options={"box_format": "xyxy", "input_scale": "1"})  # fmt: skip
+    found = load_detector(spec).detect_one(Image.new("RGB", (200, 100), (127, 128, 128)))
+    best = np.exp(3) / (np.exp(3) + 3)
+    assert found.classes.tolist() == [0, 1, 2], "the first query's classes; none of the no-object query's"
+    assert abs(found.scores[0] - best) < 1e-3 and np.allclose(found.boxes, [0.1, 0.1, 0.5, 0.5], atol=1e-5)
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    with pytest.raises(ConfigError, match="model 'detr' has 4 classes but 2 labels"):
+        load_detector(ModelSpec("detr", DETECTION, spec.path, tmp_path / "two.txt"))

@@ -1,6 +1,6 @@
 """ONNX models on ONNX Runtime, imported only when an ``.onnx`` section is loaded (never
-TensorFlow). Today's detectors are published as ONNX: the YOLO family and YOLOX (decoded by
-``yolo``); classifiers work too.
+TensorFlow). Today's detectors are published as ONNX: the YOLO family, YOLOX and the DETR family
+(decoded by ``layouts``); classifiers work too.
 
 Each model gets two sessions where the thread plan differs, as TFLite models get two
 interpreters: ``busy`` threads while other sessions wait (sibling workers use the other cores),
@@ -16,8 +16,8 @@ import numpy as np
 
 from scai.config import ConfigError, ModelSpec, Threads
 from scai.engines.base import Classifier, normalise
+from scai.engines.layouts import RawDetector, is_nchw
 from scai.engines.tflite import threads_for
-from scai.engines.yolo import GridDetector, is_nchw
 
 
 def session(path: Path, threads: int | None) -> Any:
@@ -43,13 +43,15 @@ class Sessions:
         self.lone = self.busy if plan is None or plan.lone == plan.busy else session(spec.path, plan.lone)
         self.current = self.busy
         self.input = self.busy.get_inputs()[0]
-        self.output = self.busy.get_outputs()[0]
+        self.outputs = self.busy.get_outputs()
+        self.names = [output.name for output in self.outputs]
 
     def use_all_cores(self, lone: bool) -> None:
         self.current = self.lone if lone else self.busy
 
-    def run(self, tensor: np.ndarray) -> np.ndarray:
-        return self.current.run([self.output.name], {self.input.name: tensor})[0]
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Every output, in the model's order."""
+        return self.current.run(self.names, {self.input.name: tensor})
 
     def shape(self, value: Any, name: str) -> tuple[int, ...]:
         """A tensor's shape, with a dynamic batch read as 1; other dynamic sizes need INPUT_SIZE."""
@@ -59,17 +61,17 @@ class Sessions:
         return tuple(dims)
 
 
-class OnnxDetector(GridDetector):
+class OnnxDetector(RawDetector):
     def __init__(self, spec: ModelSpec, threads: Threads | None = None) -> None:
         self.sessions = Sessions(spec, threads)
         shape_in = self.sessions.shape(self.sessions.input, spec.name)
-        shape_out = self.sessions.shape(self.sessions.output, spec.name)
-        super().__init__(spec, shape_in, shape_out)
+        shapes_out = [self.sessions.shape(output, spec.name) for output in self.sessions.outputs]
+        super().__init__(spec, shape_in, shapes_out)
 
     def use_all_cores(self, lone: bool) -> None:
         self.sessions.use_all_cores(lone)
 
-    def infer(self, tensor: np.ndarray) -> np.ndarray:
+    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         return self.sessions.run(tensor)
 
 
@@ -91,5 +93,5 @@ class OnnxClassifier(Classifier):
         rows = []
         for one in pixels:
             values = normalise(one[None], self.mean, self.std)
-            rows.append(self.sessions.run(values.transpose(0, 3, 1, 2) if self.nchw else values).reshape(1, -1))
+            rows.append(self.sessions.run(values.transpose(0, 3, 1, 2) if self.nchw else values)[0].reshape(1, -1))
         return np.concatenate(rows)

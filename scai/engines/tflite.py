@@ -16,7 +16,7 @@ from PIL import Image
 
 from scai.config import ConfigError, ModelSpec, Threads
 from scai.engines.base import RESIZES, Classifier, Detections, Detector, normalise
-from scai.engines.yolo import GridDetector
+from scai.engines.layouts import RawDetector
 
 
 def make_interpreter(path: Path | bytes, threads: int | None = None, batch: int | None = None) -> Any:
@@ -222,25 +222,27 @@ class TFLiteSSDDetector(Detector):
         )
 
 
-class TFLiteGridDetector(GridDetector):
-    """A YOLO-family export to TFLite (one output of raw candidates), decoded as its ONNX twin."""
+class TFLiteRawDetector(RawDetector):
+    """A YOLO-family or DETR export to TFLite (raw outputs), decoded as its ONNX twin."""
 
     def __init__(self, spec: ModelSpec, threads: Threads | None = None) -> None:
         self.interpreter = Interpreters(spec.path, threads_for(spec, threads))
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        super().__init__(spec, tuple(int(v) for v in self.input["shape"]), tuple(int(v) for v in self.output["shape"]))
+        self.outputs = self.interpreter.get_output_details()
+        shapes = [tuple(int(v) for v in output["shape"]) for output in self.outputs]
+        super().__init__(spec, tuple(int(v) for v in self.input["shape"]), shapes)
 
     def use_all_cores(self, lone: bool) -> None:
         self.interpreter.use_all_cores(lone)
 
-    def infer(self, tensor: np.ndarray) -> np.ndarray:
+    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         self.interpreter.set_tensor(self.input["index"], tensor.astype(self.input["dtype"]))
         self.interpreter.invoke()
-        return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+        return [dequantize(self.interpreter.get_tensor(output["index"]), output) for output in self.outputs]
 
 
 def load_detector(spec: ModelSpec, threads: Threads | None = None) -> Detector:
-    """An SSD with its post-processing op (several outputs), or a YOLO-family export (one)."""
+    """An SSD with its post-processing op (four outputs), or raw outputs: a YOLO-family export
+    (one), a DETR's (two)."""
     outputs = len(make_interpreter(spec.path).get_output_details())
-    return TFLiteGridDetector(spec, threads) if outputs == 1 else TFLiteSSDDetector(spec, threads)
+    return TFLiteSSDDetector(spec, threads) if outputs == 4 else TFLiteRawDetector(spec, threads)
