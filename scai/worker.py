@@ -172,7 +172,10 @@ class Worker:
         fit = getattr(engine, "input_size", None) if self.settings.draft_decode else None
         try:
             source = self.store.claimed_upload(claim, str(state.get("input")))
-            image = engine.shrink(imaging.load_rgb(source, self.settings.max_pixels, fit[::-1] if fit else None))
+            contain = getattr(engine, "letterboxed", False)
+            image = engine.shrink(
+                imaging.load_rgb(source, self.settings.max_pixels, fit[::-1] if fit else None, contain)
+            )
         except SessionNotFound:
             return self._vanished(claim)
         except imaging.InvalidImage as error:

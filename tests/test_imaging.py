@@ -113,6 +113,16 @@ def test_a_large_jpeg_is_drafted_to_twice_the_model_input_and_others_are_not() -
     assert imaging.load_rgb(png, LIMIT, fit=(224, 224)).size == (2000, 2000), "no draft mode outside JPEG"
 
 
+def test_a_letterboxed_model_drafts_to_cover_the_photo_as_it_fits_inside() -> None:
+    """A 1080p frame for a 416x416 letterbox fills it at 416x234: twice that (832x468) is covered
+    at half size, while covering 832x832 would need every row."""
+    frame = encode(Image.new("RGB", (1920, 1080), "teal"), "JPEG")
+    assert imaging.load_rgb(frame, LIMIT, fit=(416, 416)).size == (1920, 1080)
+    assert imaging.load_rgb(frame, LIMIT, fit=(416, 416), contain=True).size == (960, 540)
+    upright = encode(Image.new("RGB", (1080, 1920), "teal"), "JPEG")  # a portrait frame
+    assert imaging.load_rgb(upright, LIMIT, fit=(416, 416), contain=True).size == (540, 960)
+
+
 @needs_assets
 def test_a_drafted_photo_keeps_its_exif_orientation() -> None:
     rotated = exif_rotated_jpeg(IMAGES / "kite_and_cold.jpg")

@@ -5,9 +5,15 @@ a LiteRT interpreter with one thread. ``bench/compare.py`` uses the same functio
 the reference the servers' answers are checked against, so every server is compared with one
 definition of "the right answer".
 
+A YOLOX detector (an ``.onnx`` PEER_DETECT_MODEL) runs on onnxruntime with one thread, prepared
+and decoded as its README states and as plainly as a short server would: OpenCV's resize into the
+top-left corner of a 416x416 canvas padded with 114, BGR, then centre = (cell + d) x stride, size
+= exp(log size) x stride, score = objectness x class score, candidates under 0.5 dropped, and
+OpenCV's class-wise NMS at IoU 0.45 (SCAI's default).
+
 Environment (set by ``bench/compare.py``):
     PEER_CLASSIFY_MODEL   the EfficientNet-Lite0 int8 .tflite (labels read from inside it)
-    PEER_DETECT_MODEL     the SSD .tflite with TFLite_Detection_PostProcess (optional)
+    PEER_DETECT_MODEL     the SSD .tflite with TFLite_Detection_PostProcess, or YOLOX-Nano .onnx (optional)
     PEER_DETECT_LABELS    its labels, one a line, line i = class id i
 """
 
@@ -94,11 +100,63 @@ class Detector:
         return sorted(found, key=lambda d: -d["score"])
 
 
+class YoloxDetector:
+    """YOLOX-Nano on onnxruntime (see the module's docstring)."""
+
+    SIZE, STRIDES, IOU = 416, (8, 16, 32), 0.45
+
+    def __init__(self, path: str, labels_path: str) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        cells = [(x, y, s) for s in self.STRIDES for y in range(self.SIZE // s) for x in range(self.SIZE // s)]
+        self.grid = np.array([(x, y) for x, y, _ in cells], dtype=np.float32)
+        self.stride = np.array([s for _, _, s in cells], dtype=np.float32)[:, None]
+        with open(labels_path, encoding="utf-8") as file:
+            self.labels = file.read().splitlines()
+
+    def detect(self, data: bytes) -> list[dict[str, Any]]:
+        import cv2
+
+        photo = np.asarray(Image.open(BytesIO(data)).convert("RGB"))[..., ::-1]
+        height, width = photo.shape[:2]
+        ratio = min(self.SIZE / height, self.SIZE / width)
+        inner = (max(1, int(width * ratio)), max(1, int(height * ratio)))
+        canvas = np.full((self.SIZE, self.SIZE, 3), 114, dtype=np.uint8)
+        canvas[: inner[1], : inner[0]] = cv2.resize(photo, inner, interpolation=cv2.INTER_LINEAR)
+        tensor = canvas.transpose(2, 0, 1)[None].astype(np.float32)
+        rows = self.session.run(None, {self.input: tensor})[0][0]
+        scores = rows[:, 4:5] * rows[:, 5:]
+        best = scores.argmax(axis=1)
+        score = scores[np.arange(len(best)), best]
+        wanted = score >= MIN_SCORE
+        centre = (rows[wanted, :2] + self.grid[wanted]) * self.stride[wanted]
+        extent = np.exp(rows[wanted, 2:4]) * self.stride[wanted]
+        corner = (centre - extent / 2) / ratio
+        boxes = np.concatenate([corner, extent / ratio], axis=1)  # x, y, w, h in the photo's pixels
+        classes, scores = best[wanted], score[wanted]
+        kept = cv2.dnn.NMSBoxesBatched(boxes.tolist(), scores.tolist(), classes.tolist(), MIN_SCORE, self.IOU)
+        found = []
+        for i in np.array(kept, dtype=int).reshape(-1):
+            x, y, w, h = boxes[i]
+            box = {"xmin": x / width, "ymin": y / height, "xmax": (x + w) / width, "ymax": (y + h) / height}
+            box = {key: min(1.0, max(0.0, float(value))) for key, value in box.items()}
+            label, confidence = self.labels[int(classes[i])], round(float(scores[i]), 6)
+            found.append({"label": label, "score": confidence, "box_normalized": box})
+        return sorted(found, key=lambda d: -d["score"])
+
+
 def classifier_from_env() -> Classifier:
     return Classifier(os.environ["PEER_CLASSIFY_MODEL"])
 
 
-def detector_from_env() -> Detector | None:
+def detector_from_env() -> Detector | YoloxDetector | None:
     """The detector, or None where PEER_DETECT_MODEL is not set (the peer then answers 503)."""
     path = os.environ.get("PEER_DETECT_MODEL")
-    return Detector(path, os.environ["PEER_DETECT_LABELS"]) if path else None
+    if not path:
+        return None
+    kind = YoloxDetector if path.endswith(".onnx") else Detector
+    return kind(path, os.environ["PEER_DETECT_LABELS"])

@@ -24,6 +24,7 @@ bilinear filter, which these models were trained with, not Pillow's, which smoot
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from dataclasses import dataclass
 
@@ -195,15 +196,21 @@ def _rows_and_columns(shape: tuple[int, ...], name: str) -> tuple[int, int]:
     return (shape[1], shape[2]) if shape[1] >= shape[2] else (shape[2], shape[1])
 
 
-def decode_yolox(rows: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw grid cells [N, 5+C] -> boxes [N, 4] (x1, y1, x2, y2 in input pixels), scores [N, C]."""
-    grids, strides = [], []
+@functools.cache
+def grid(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's (x, y) [N, 2] and stride [N, 1] at this input size, made once."""
+    cells, strides = [], []
     for stride in STRIDES:
         ys, xs = np.meshgrid(np.arange(size[0] // stride), np.arange(size[1] // stride), indexing="ij")
-        grids.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
+        cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
         strides.append(np.full(xs.size, stride))
-    grid, stride = np.concatenate(grids).astype(np.float32), np.concatenate(strides).astype(np.float32)[:, None]
-    centre = (rows[:, :2] + grid) * stride
+    return np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)[:, None]
+
+
+def decode_yolox(rows: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw grid cells [N, 5+C] -> boxes [N, 4] (x1, y1, x2, y2 in input pixels), scores [N, C]."""
+    cell, stride = grid(size)
+    centre = (rows[:, :2] + cell) * stride
     extent = np.exp(np.minimum(rows[:, 2:4], 20.0)) * stride  # a wild logit must not overflow
     boxes = np.concatenate([centre - extent / 2, centre + extent / 2], axis=1)
     return boxes, rows[:, 4:5] * rows[:, 5:]
@@ -282,6 +289,8 @@ class RawDetector(Detector):
             self._check_grid(output_shapes, input_size(input_shape))
         self.preparation = preparation(spec, self.layout, input_shape)
         self.input_size = self.preparation.size
+        #: The whole photo is shrunk to fit inside the input (the worker drafts JPEGs to match).
+        self.letterboxed = self.preparation.letterbox != "stretch"
         self.iou = _number(spec, "nms_iou", 0.45)
         self.limit = int(_number(spec, "max_detections", 100))
 

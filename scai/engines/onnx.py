@@ -26,6 +26,9 @@ def session(path: Path, threads: int | None) -> Any:
 
     options = onnxruntime.SessionOptions()
     options.inter_op_num_threads = 1
+    # Pool threads spin while a run lasts (between its operators) but not after it, when they
+    # would take the cores a sibling worker process needs
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if threads:
         options.intra_op_num_threads = threads
     try:
