@@ -12,7 +12,6 @@ classes) is said, so a user sees how it will be served: ``/api/v1/detect?model=N
 from __future__ import annotations
 
 import configparser
-import re
 import shutil
 from contextlib import suppress
 from pathlib import Path
@@ -20,15 +19,12 @@ from pathlib import Path
 from PIL import Image
 
 from scai import config
-from scai.catalogue import MODELS_FOLDER
 from scai.errors import ConfigError
-
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def add(usr_dir: Path, name: str, model: Path, labels: Path | None, job: str, keys: dict[str, str]) -> str:
     """Install the model as section ``[name]`` of ``job``'s config; returns what was recognised."""
-    if not NAME_RE.fullmatch(name):
+    if not config.NAME_RE.fullmatch(name):
         raise ConfigError(f"a model name is letters, digits, '.', '_' and '-' (at most 64), not {name!r}")
     config_path = Path(usr_dir) / f"{job}.config"
     if name in config.load_models(usr_dir, job):
@@ -36,17 +32,17 @@ def add(usr_dir: Path, name: str, model: Path, labels: Path | None, job: str, ke
     for given in (model, labels):
         if given is not None and not Path(given).is_file():
             raise ConfigError(f"{given} is not a file")
-    folder = Path(usr_dir) / MODELS_FOLDER / name
+    folder = Path(usr_dir) / config.MODELS_FOLDER / name
     try:
         folder.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
         raise ConfigError(f"{folder} exists already: choose another name") from None
     try:
-        section = {"GRAPH": f"{MODELS_FOLDER}/{name}/{Path(model).name}"}
+        section = {"GRAPH": f"{config.MODELS_FOLDER}/{name}/{Path(model).name}"}
         shutil.copyfile(model, folder / Path(model).name)
         if labels is not None:
             shutil.copyfile(labels, folder / Path(labels).name)
-            section["LABELS"] = f"{MODELS_FOLDER}/{name}/{Path(labels).name}"
+            section["LABELS"] = f"{config.MODELS_FOLDER}/{name}/{Path(labels).name}"
         section.update({key.upper(): value for key, value in keys.items()})
         spec = config.spec_from_section(name, job, _section(section), Path(usr_dir))
         recognised = _try(spec)

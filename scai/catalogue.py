@@ -38,8 +38,6 @@ from scai import config
 from scai.errors import ConfigError, DownloadError, Interrupted
 from scai.sessions import atomic_write
 
-#: Folder under ``usr/`` that pulled models go to, one subfolder each.
-MODELS_FOLDER = "models"
 CHUNK = 256 * 1024
 #: Seconds a connection may stay silent, and the slowest rate a download may keep: past
 #: ``TIMEOUT_SECONDS`` plus the file's size at that rate, it is given up.
@@ -233,7 +231,7 @@ def _install(
     item: Entry, usr_dir: Path, config_path: Path, source: str | None, progress: IO[str] | None, guard: _Guard
 ) -> Path:
     """``pull`` once the config is known to be editable: download, check, place, configure."""
-    folder = Path(usr_dir) / MODELS_FOLDER / item.name
+    folder = Path(usr_dir) / config.MODELS_FOLDER / item.name
     folder.mkdir(parents=True, exist_ok=True)
     downloaded: list[tuple[Path, Path]] = []  # (temporary, final)
     placed: list[Path] = []
@@ -253,7 +251,7 @@ def _install(
         for name, text in item.texts.items():
             atomic_write(folder / name, text.encode("utf-8"))
             placed.append(folder / name)
-        keys = {key: value.format(folder=f"{MODELS_FOLDER}/{item.name}") for key, value in item.section.items()}
+        keys = {key: value.format(folder=f"{config.MODELS_FOLDER}/{item.name}") for key, value in item.section.items()}
         try:
             config.write_section(config_path, item.name, keys)
         except (OSError, UnicodeError) as error:

@@ -11,6 +11,7 @@ import configparser
 import hashlib
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -404,10 +405,6 @@ def _spec_or_problem(name: str, job: str, section: configparser.SectionProxy, ba
         return ModelSpec(name=name, job=job, path=Path(), problem=error.message)
 
 
-#: (config file) -> (its stamp, its sections): every upload asks which models exist.
-_parsed: dict[Path, tuple[tuple[int, ...], dict[str, ModelSpec]]] = {}
-
-
 def folder_tag(folder: Path) -> str:
     """A short name that is the same for every process working on ``folder``."""
     return hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:12]
@@ -422,28 +419,68 @@ def file_stamp(path: Path) -> tuple[int, ...] | None:
     return status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
-def load_models(usr_dir: Path, job: str) -> dict[str, ModelSpec]:
-    """All model sections of one job kind, by name; an absent file means no models. A section
-    with a bad key is there with its ``problem`` set; only a file that does not parse at all
-    raises (``BrokenConfig``).
+#: Folder under ``usr/`` for model files: pulled and added models in a subfolder each, and
+#: detection models dropped in as they are (``NAME.onnx`` or ``NAME.tflite``, labels ``NAME.txt``
+#: beside it), as DeepStack and CodeProject.AI users drop their custom models into one.
+MODELS_FOLDER = "models"
+DROPPED_FORMATS = (".onnx", ".tflite")
+#: What a model's name may be: it appears in URLs (``/v1/vision/custom/NAME``) and file names.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-    Parsed again only when the file changes (``file_stamp``), not on every request.
+
+def models_stamp(usr_dir: Path, job: str) -> tuple[object, ...]:
+    """What changes whenever the job's models may have: its config file, and for detection the
+    models folder's list of files (a model dropped in or taken out)."""
+    folder = file_stamp(Path(usr_dir) / MODELS_FOLDER) if job == DETECTION else None
+    return file_stamp(Path(usr_dir) / f"{job}.config"), folder
+
+
+def load_models(usr_dir: Path, job: str) -> dict[str, ModelSpec]:
+    """All models of one job kind, by name: the config file's sections, and for detection the
+    models dropped into ``usr/models/`` (a section of the same name wins). No file and no
+    dropped model means no models. A section with a bad key is there with its ``problem`` set;
+    only a file that does not parse at all raises (``BrokenConfig``).
+
+    Read again only when the file or the folder changes (``models_stamp``), not on every request.
     """
     path = Path(usr_dir) / f"{job}.config"
-    stamp = file_stamp(path)
-    if stamp is None:
-        return {}
+    stamp = models_stamp(usr_dir, job)
     cached = _parsed.get(path)
     if cached is None or cached[0] != stamp:
-        parser = configparser.ConfigParser(interpolation=None, default_section="__defaults__")
-        try:
-            parser.read(path, encoding="utf-8")
-        except (configparser.Error, UnicodeError, OSError) as error:
-            detail = str(error).splitlines()[0].split("]: ", 1)[-1]  # no server path: clients see it
-            raise BrokenConfig(f"the model config {path.name} cannot be read: {detail}") from None
-        models = {name: _spec_or_problem(name, job, parser[name], path.parent) for name in parser.sections()}
+        models = _dropped(Path(usr_dir)) if job == DETECTION else {}
+        if stamp[0] is not None:
+            models.update(_sections(path, job))
         _parsed[path] = cached = (stamp, models)
     return dict(cached[1])
+
+
+def _sections(path: Path, job: str) -> dict[str, ModelSpec]:
+    parser = configparser.ConfigParser(interpolation=None, default_section="__defaults__")
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, UnicodeError, OSError) as error:
+        detail = str(error).splitlines()[0].split("]: ", 1)[-1]  # no server path: clients see it
+        raise BrokenConfig(f"the model config {path.name} cannot be read: {detail}") from None
+    return {name: _spec_or_problem(name, job, parser[name], path.parent) for name in parser.sections()}
+
+
+def _dropped(usr_dir: Path) -> dict[str, ModelSpec]:
+    """``usr/models/NAME.onnx`` and ``NAME.tflite`` (hidden and oddly named files aside), each a
+    detection model with the engine's defaults; the layout is recognised when it loads."""
+    try:
+        files = sorted((Path(usr_dir) / MODELS_FOLDER).iterdir())
+    except OSError:
+        return {}
+    models = {}
+    for file in files:
+        if file.suffix.lower() in DROPPED_FORMATS and NAME_RE.fullmatch(file.stem) and file.is_file():
+            labels = file.with_suffix(".txt")
+            models[file.stem] = ModelSpec(file.stem, DETECTION, file, labels if labels.is_file() else None)
+    return models
+
+
+#: (config file) -> (its stamp, its models): every upload asks which models exist.
+_parsed: dict[Path, tuple[tuple[object, ...], dict[str, ModelSpec]]] = {}
 
 
 def pick_model(models: dict[str, ModelSpec], name: str | None) -> ModelSpec:

@@ -64,7 +64,7 @@ class Worker:
         self.task: Task = task or task_for(job, settings, settings.interpreter_threads(siblings))
         self.store = store or open_store(settings)
         self.models: dict[str, config.ModelSpec] = {}
-        self.models_stamp: tuple[int, ...] | None = (-1,)
+        self.models_stamp: tuple[object, ...] | None = None
         self._reread_models()
         self.engines: dict[str, tuple[config.ModelSpec, Any]] = {}
         self.stopping = threading.Event()
@@ -103,11 +103,15 @@ class Worker:
                 self.engines.pop(name, None)  # a section changed for the worse: its old model goes
                 metrics.model_load_failed(self.job, name)
                 raise
-            log.info("loaded model %r from %s in %.2f s", name, spec.path, time.perf_counter() - started)
+            layout = getattr(self.engines[name][1], "layout", None)  # a detector of raw outputs says which
+            log.info(
+                "loaded model %r from %s in %.2f s%s",
+                name, spec.path, time.perf_counter() - started, f", layout {layout}" if layout else "",
+            )  # fmt: skip
         return self.engines[name][1]
 
     def _reread_models(self) -> None:
-        stamp = config.file_stamp(self.settings.usr_dir / f"{self.job}.config")
+        stamp = config.models_stamp(self.settings.usr_dir, self.job)
         if stamp != self.models_stamp:
             self.models, self.models_stamp = config.load_models(self.settings.usr_dir, self.job), stamp
 

@@ -59,3 +59,52 @@ def test_a_name_taken_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert scai(capsys, *args, "--usr", str(tmp_path))[0] == 0
     status, _, err = scai(capsys, *args, "--usr", str(tmp_path))
     assert status == 2 and "has a section [yx] already" in err
+
+
+def test_models_dropped_into_the_models_folder_are_detection_models(tmp_path: Path) -> None:
+    """``usr/models/NAME.onnx`` or ``.tflite``, labels ``NAME.txt`` beside it; a section of the same
+    name wins; hidden, half-copied and oddly named files are not models; pulled models' folders
+    are not either."""
+    folder = tmp_path / "models"
+    (folder / "coco-ssd").mkdir(parents=True)
+    for name in ("doorcam.onnx", "yard.tflite", ".hidden.onnx", "doorcam.onnx.partial", "bad name.onnx"):
+        (folder / name).write_bytes(b"model")
+    (folder / "doorcam.txt").write_text("person\n")
+    assert {name: spec.labels for name, spec in load_models(tmp_path, DETECTION).items()} == {
+        "doorcam": folder / "doorcam.txt", "yard": None,
+    }  # fmt: skip
+    (tmp_path / f"{DETECTION}.config").write_text(f"[yard]\nGRAPH = {DETECT_MODELS / 'yolox_nano.onnx'}\n")
+    assert load_models(tmp_path, DETECTION)["yard"].path == DETECT_MODELS / "yolox_nano.onnx"
+    (folder / "doorcam.onnx").unlink()
+    assert sorted(load_models(tmp_path, DETECTION)) == ["yard"], "taken out: gone"
+
+
+@pytest.mark.slow
+def test_a_model_dropped_in_while_serving_is_served_by_name(tmp_path: Path) -> None:
+    """Dropped into ``usr/models/`` of a running ``scai serve``: listed, and served on both
+    routes without a restart; the worker's log names the layout it recognised."""
+    import shutil
+
+    import requests
+    from conftest import Server, write_usr
+
+    usr = write_usr(tmp_path / "usr", ("image_classification", "object_detection"))
+    server = Server(tmp_path / "session", usr, tmp_path / "serve.log")
+    try:
+        (usr / "models").mkdir()
+        shutil.copyfile(LABELS, usr / "models" / "doorcam.txt")
+        shutil.copyfile(DETECT_MODELS / "yolox_nano.onnx", usr / "models" / ".doorcam.onnx")
+        (usr / "models" / ".doorcam.onnx").rename(usr / "models" / "doorcam.onnx")  # as a copy lands whole
+        listed = requests.post(f"{server.url}/v1/vision/custom/list", timeout=10).json()
+        assert "doorcam" in listed["models"]
+        photo = (IMAGES / "kite_and_cold.jpg").read_bytes()
+        custom = requests.post(f"{server.url}/v1/vision/custom/doorcam", files={"image": photo}, timeout=60).json()
+        api = requests.post(
+            f"{server.url}/api/v1/detect", params={"model": "doorcam", "wait": 60},
+            files={"photo": ("k.jpg", photo)}, timeout=60,
+        ).json()  # fmt: skip
+        for labels in ([p["label"] for p in custom["predictions"]], [d["label"] for d in api["detections"]]):
+            assert labels.count("person") >= 2 and "kite" in labels, labels
+        assert "loaded model 'doorcam'" in server.log.read_text() and "layout yolox" in server.log.read_text()
+    finally:
+        server.stop()

@@ -66,7 +66,7 @@ def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ("[default]\nGRAPH = m.tflite\nINPUT_MEAN = half\n", "INPUT_MEAN must be a number or three (R,G,B), not 'half'"),
+        ("[default]\nGRAPH = m.tflite\nINPUT_MEAN = half\n", "INPUT_MEAN must be a number or three"),
         ("[default]\nGRAPH = m.tflite\nINPUT_SIZE = big\n", "INPUT_SIZE must be 'N' or 'H,W', not 'big'"),
         ("[default]\nLABELS = l.txt\n", "names no model"),
     ],
