@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -324,6 +325,8 @@ def test_detrs_no_object_class_is_dropped_and_pixel_corners_read(tmp_path: Path)
                      input_mean=127.5, input_std=127.5, options={"box_format": "xyxy", "input_scale": "1"})  # fmt: skip
     found = load_detector(spec).detect_one(Image.new("RGB", (200, 100), (127, 128, 128)))
     best = np.exp(3) / (np.exp(3) + 3)
+    with pytest.raises(ConfigError, match="DATA_FORMAT must be nchw or nhwc, not 'chw'"):
+        load_detector(replace(spec, options={**spec.options, "data_format": "chw"}))
     assert found.classes.tolist() == [0, 1, 2], "the first query's classes; none of the no-object query's"
     assert abs(found.scores[0] - best) < 1e-3 and np.allclose(found.boxes, [0.1, 0.1, 0.5, 0.5], atol=1e-5)
     (tmp_path / "two.txt").write_text("cat\ndog\n")

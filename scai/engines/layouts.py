@@ -94,25 +94,34 @@ DEFAULTS = {
 }
 
 
-def is_nchw(input_shape: tuple[int, ...]) -> bool:
+DATA_FORMATS = ("nchw", "nhwc")
+
+
+def is_nchw(input_shape: tuple[int, ...], data_format: str = "") -> bool:
+    """Channels first: as DATA_FORMAT says, else as the shape shows ([1, 3, H, W], H and W not 3)."""
+    if data_format:
+        if data_format.lower() not in DATA_FORMATS:
+            raise ConfigError(f"DATA_FORMAT must be nchw or nhwc, not {data_format!r}")
+        return data_format.lower() == "nchw"
     return input_shape[1] == 3 and input_shape[-1] != 3
 
 
-def input_size(input_shape: tuple[int, ...]) -> tuple[int, int]:
+def input_size(input_shape: tuple[int, ...], data_format: str = "") -> tuple[int, int]:
     """(height, width) of an image input [1, 3, H, W] or [1, H, W, 3]."""
     if len(input_shape) != 4 or 3 not in (input_shape[1], input_shape[3]):
         raise ConfigError(f"an input of shape {list(input_shape)} is no image ([1, 3, H, W] or [1, H, W, 3])")
     return (
         (int(input_shape[2]), int(input_shape[3]))
-        if is_nchw(input_shape)
+        if is_nchw(input_shape, data_format)
         else (int(input_shape[1]), int(input_shape[2]))
     )
 
 
 def preparation(spec: ModelSpec, layout: str, input_shape: tuple[int, ...]) -> Preparation:
     """The layout's defaults, overridden by LETTERBOX, PAD_VALUE, CHANNELS, INPUT_SCALE, INPUT_MEAN
-    and INPUT_STD (the last two a number or one a channel, R, G, B)."""
-    nchw, size = is_nchw(input_shape), input_size(input_shape)
+    and INPUT_STD (the last two a number or one a channel, R, G, B), and DATA_FORMAT."""
+    data_format = spec.options.get("data_format", "")
+    nchw, size = is_nchw(input_shape, data_format), input_size(input_shape, data_format)
     options, default = spec.options, DEFAULTS[layout]
     letterbox = options.get("letterbox", default["letterbox"]).lower()
     channels = options.get("channels", "bgr" if default["bgr"] else "rgb").lower()
@@ -282,11 +291,12 @@ class RawDetector(Detector):
         layout = spec.options.get("layout", "").lower()
         if layout and layout not in LAYOUTS:
             raise ConfigError(f"model {spec.name!r}: LAYOUT must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-        self.layout = layout or recognise(output_shapes, input_size(input_shape), self.classes, spec.name)
+        size = input_size(input_shape, spec.options.get("data_format", ""))
+        self.layout = layout or recognise(output_shapes, size, self.classes, spec.name)
         if self.layout == "detr":
             self._check_detr(output_shapes)
         else:
-            self._check_grid(output_shapes, input_size(input_shape))
+            self._check_grid(output_shapes, size)
         self.preparation = preparation(spec, self.layout, input_shape)
         self.input_size = self.preparation.size
         #: The whole photo is shrunk to fit inside the input (the worker drafts JPEGs to match).
