@@ -217,8 +217,12 @@ def grid(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decode_yolox(rows: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw grid cells [N, 5+C] -> boxes [N, 4] (x1, y1, x2, y2 in input pixels), scores [N, C]."""
+    """Raw grid cells [N, 5+C] -> boxes [M, 4] (x1, y1, x2, y2 in input pixels), scores [M, C] of
+    the M cells whose objectness reaches SCORE_FLOOR: a score is objectness x a class score of at
+    most 1, so the others cannot (most of a photo's cells; decoding them cost a third of the time)."""
     cell, stride = grid(size)
+    candidates = np.flatnonzero(rows[:, 4] >= SCORE_FLOOR)
+    rows, cell, stride = rows[candidates], cell[candidates], stride[candidates]
     centre = (rows[:, :2] + cell) * stride
     extent = np.exp(np.minimum(rows[:, 2:4], 20.0)) * stride  # a wild logit must not overflow
     boxes = np.concatenate([centre - extent / 2, centre + extent / 2], axis=1)
