@@ -25,9 +25,11 @@ SHARED_MEMORY = Path("/dev/shm")
 
 CLASSIFICATION = "image_classification"
 DETECTION = "object_detection"
-JOBS = (CLASSIFICATION, DETECTION)
+#: Faces: found, and embedded for recognition (the DeepStack face routes; ``facedb`` keeps who is who).
+FACES = "face_recognition"
+JOBS = (CLASSIFICATION, DETECTION, FACES)
 #: The short names the command line uses for each job kind.
-JOB_ALIASES = {"classify": CLASSIFICATION, "detect": DETECTION}
+JOB_ALIASES = {"classify": CLASSIFICATION, "detect": DETECTION, "face": FACES}
 #: Job kind -> its alias (``image_classification`` -> ``classify``).
 ALIAS_OF_JOB = {job: alias for alias, job in JOB_ALIASES.items()}
 
@@ -54,8 +56,8 @@ def listen_backlog() -> int:
         return 128
 
 
-#: Model files that run on their own light runtime (LiteRT, ONNX Runtime), with the threads they are given.
-LIGHT_FORMATS = (".tflite", ".onnx")
+#: Model files that run on their own light runtime (LiteRT, ONNX Runtime, dlib), with the threads they are given.
+LIGHT_FORMATS = (".tflite", ".onnx", ".dat")
 #: ``auto`` never starts more processes than this per job kind or for the portal: on a large
 #: machine each worker then takes several interpreter threads instead, which saves a model's
 #: memory per core and stays far below the kernel's default of 128 inotify instances per user.

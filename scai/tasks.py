@@ -17,7 +17,7 @@ from PIL import Image
 from object_detection.boxes import Box
 from object_detection.drawing import Labelled, draw
 from scai import imaging
-from scai.config import CLASSIFICATION, DETECTION, ModelSpec, Settings, Threads
+from scai.config import CLASSIFICATION, DETECTION, FACES, ModelSpec, Settings, Threads
 from scai.engines import Detector, Prediction, load_classifier, load_detector
 from scai.errors import InvalidImage
 
@@ -181,8 +181,54 @@ def annotated_png(state: dict[str, Any], source: bytes | Path, max_pixels: int) 
     return png_bytes(draw(image, chosen, int(state.get("line_thickness", 4))))
 
 
+def _load_face_model(spec: ModelSpec, threads: Threads | None = None) -> Any:
+    from scai.engines.faces import load_face_model  # dlib, only in a face worker
+
+    return load_face_model(spec, threads)
+
+
+class FaceTask(ModelTask):
+    """The faces of each photo: normalised boxes and confidences, and with ``embed`` (recognize,
+    register, match) each face's embedding. Who they are is the portal's to say (``facedb``):
+    a worker never reads or writes the face database."""
+
+    job = FACES
+    loader = _load_face_model
+
+    def run(self, engine: Any, items: Sequence[Item], lone: bool = False) -> list[dict[str, Any]]:
+        results = []
+        for item in items:
+            faces = engine.find(
+                item.image, float(item.options.get("min_confidence", 0.5)), bool(item.options.get("embed"))
+            )
+            width, height, turn = item.geometry(self.settings.max_pixels)
+            results.append(
+                {
+                    "faces": [
+                        {
+                            "confidence": round(face.confidence, 6),
+                            "box_normalized": Box.from_yxyx(face.box).normalized(),
+                            **(
+                                {"embedding": [round(float(v), 7) for v in face.embedding]}
+                                if face.embedding is not None
+                                else {}
+                            ),
+                        }
+                        for face in faces
+                    ],
+                    "image_size": {"width": width, "height": height},
+                    "orientation": turn,
+                    "result_image": None,
+                }
+            )
+        return results
+
+
+TASKS = {CLASSIFICATION: ClassificationTask, DETECTION: DetectionTask, FACES: FaceTask}
+
+
 def task_for(job: str, settings: Settings, threads: Threads | None = None) -> Task:
-    return (ClassificationTask if job == CLASSIFICATION else DetectionTask)(settings, threads)
+    return TASKS[job](settings, threads)
 
 
 def _image_file(path: Path, max_pixels: int) -> Image.Image:

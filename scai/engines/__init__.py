@@ -10,7 +10,7 @@ from scai.engines.base import Classifier, Detector, Prediction
 
 
 def model_format(path: Path) -> str:
-    """``tflite``, ``onnx``, ``savedmodel``, ``keras`` or ``graphdef``, from what is on disk."""
+    """``tflite``, ``onnx``, ``dlib``, ``savedmodel``, ``keras`` or ``graphdef``, from what is on disk."""
     path = Path(path)
     if path.is_dir():
         if (path / "saved_model.pb").exists():
@@ -23,10 +23,12 @@ def model_format(path: Path) -> str:
     suffix = path.suffix.lower()
     formats = {
         ".tflite": "tflite", ".onnx": "onnx", ".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".pb": "graphdef",
+        ".dat": "dlib",
     }  # fmt: skip
     if suffix not in formats:
         raise ConfigError(
-            f"cannot tell the format of {path.name}: use .tflite, .onnx, .keras, .h5, .pb or a SavedModel"
+            f"cannot tell the format of {path.name}: use .tflite, .onnx, .keras, .h5, .pb, a SavedModel or "
+            "dlib's .dat (faces)"
         )
     return formats[suffix]
 

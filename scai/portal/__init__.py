@@ -34,12 +34,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # keep top-k results in score order
     app.extensions["scai"] = settings
 
-    from scai.portal import api, deepstack, legacy, openapi, pages
+    from scai.portal import api, deepstack, faces, legacy, openapi, pages
 
     app.register_blueprint(legacy.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health)
     app.register_blueprint(deepstack.bp)
+    app.register_blueprint(faces.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, json_error)

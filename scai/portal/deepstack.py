@@ -62,7 +62,12 @@ def _run(job: str, model: str, options: dict[str, Any]) -> tuple[dict[str, Any],
     it took. An answered session is removed at once: the client got no key to read it with,
     and a camera's frames should not pile up on the server for a day."""
     started = time.monotonic()
-    created = accept_upload(job, model, options)
+    return answer(accept_upload(job, model, options)), (time.monotonic() - started) * 1000
+
+
+def answer(created: dict[str, Any]) -> dict[str, Any]:
+    """The final state of a session ``accept_upload`` made, once its worker is done with it; the
+    session is removed once the response has gone. A failure is an error response (``abort``)."""
     try:
         state = store().wait(created["sessname"], settings().max_wait_seconds)
     except SessionNotFound:
@@ -76,7 +81,7 @@ def _run(job: str, model: str, options: dict[str, Any]) -> tuple[dict[str, Any],
     if state.get("state") != COMPLETE:
         store().remove(created["sessname"])  # cancelled unless a worker has it: nobody can ask again
         abort(503, f"no answer within {settings().max_wait_seconds:g} s: the workers are busy or down")
-    return state, (time.monotonic() - started) * 1000
+    return state
 
 
 def _remove_once_sent(session_id: str, state: dict[str, Any]) -> None:
@@ -95,7 +100,7 @@ def _remove_once_sent(session_id: str, state: dict[str, Any]) -> None:
         return response
 
 
-def _timings(state: dict[str, Any], job: str, process_ms: float) -> dict[str, Any]:
+def timings(state: dict[str, Any], job: str, process_ms: float) -> dict[str, Any]:
     return {
         "inferenceMs": round(state.get("inference_ms") or 0),
         "processMs": round(process_ms),
@@ -105,29 +110,29 @@ def _timings(state: dict[str, Any], job: str, process_ms: float) -> dict[str, An
     }
 
 
-def predictions(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """The session's detections as DeepStack predictions, best first, in the stored pixel grid
-    (the worker records the EXIF orientation it applied)."""
+def stored_pixels(state: dict[str, Any], box: Box) -> dict[str, int]:
+    """A box of the upright photo (normalised) in the stored pixel grid, as DeepStack's clients
+    measure it (the worker records the EXIF orientation it applied)."""
     orientation = int(state.get("orientation") or 1)
     size = state.get("image_size") or {}
     width, height = int(size.get("width", 1)), int(size.get("height", 1))
     stored = (height, width) if orientation in imaging.TRANSPOSED else (width, height)
-    span_x, span_y = max(width - 1, 1), max(height - 1, 1)
+    return box.unrotated(orientation).pixels(*stored)
+
+
+def corners(pixels: dict[str, int]) -> dict[str, int]:
+    return {"x_min": pixels["xmin"], "y_min": pixels["ymin"], "x_max": pixels["xmax"], "y_max": pixels["ymax"]}
+
+
+def predictions(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The session's detections as DeepStack predictions, best first."""
+    size = state.get("image_size") or {}
+    span_x, span_y = max(int(size.get("width", 1)) - 1, 1), max(int(size.get("height", 1)) - 1, 1)
     out = []
     for item in sorted(state.get("detections") or [], key=lambda d: -d["score"]):
         p = item["box"]
         box = Box(p["xmin"] / span_x, p["ymin"] / span_y, p["xmax"] / span_x, p["ymax"] / span_y)
-        pixels = box.unrotated(orientation).pixels(*stored)
-        out.append(
-            {
-                "label": item["label"],
-                "confidence": item["score"],
-                "x_min": pixels["xmin"],
-                "y_min": pixels["ymin"],
-                "x_max": pixels["xmax"],
-                "y_max": pixels["ymax"],
-            }
-        )
+        out.append({"label": item["label"], "confidence": item["score"], **corners(stored_pixels(state, box))})
     return out
 
 
@@ -141,7 +146,7 @@ def _detect(model: str) -> tuple[Response, int]:
         predictions=found,
         count=len(found),
         command="detect",
-        **_timings(state, "detect", process_ms),
+        **timings(state, "detect", process_ms),
     ), 200
 
 
@@ -176,7 +181,7 @@ def scene() -> tuple[Response, int]:
         confidence=best["score"],
         message=f"Found {best['label']}",
         command="scene",
-        **_timings(state, "classify", process_ms),
+        **timings(state, "classify", process_ms),
     ), 200
 
 

@@ -10,6 +10,7 @@ from contextlib import suppress
 from typing import Any
 
 from flask import Response, abort, current_app, request, send_file
+from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
 from scai import config, imaging
@@ -61,12 +62,15 @@ def fraction(name: str, raw: str) -> float:
     return value
 
 
-def accept_upload(job: str, model: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate the uploaded image, store it as a new session and queue it for a worker.
+def accept_upload(
+    job: str, model: str | None = None, options: dict[str, Any] | None = None, upload: FileStorage | None = None
+) -> dict[str, Any]:
+    """Validate the uploaded image (``upload``, else the request's ``photo`` or ``image``), store it
+    as a new session and queue it for a worker.
 
     The client's filename is reported back but never used as a path.
     """
-    upload = next((request.files[f] for f in UPLOAD_FIELDS if f in request.files), None)
+    upload = upload or next((request.files[f] for f in UPLOAD_FIELDS if f in request.files), None)
     if upload is None:
         abort(400, "no image: send it as the multipart field 'photo' (or 'image')")
     data = upload.read()
