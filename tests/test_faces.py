@@ -50,8 +50,8 @@ def post(server: Server, route: str, files: list | dict, **data: str) -> request
     return requests.post(f"{server.url}/v1/vision/face{route}", files=files, data=data, timeout=60)
 
 
-def recognised(server: Server, photo: Path, **data: str) -> list[str]:
-    answer = post(server, "/recognize", {"image": photo.read_bytes()}, **data)
+def recognised(server: Server, photo: Path, data: dict[str, str] | None = None) -> list[str]:
+    answer = post(server, "/recognize", {"image": photo.read_bytes()}, **(data or {}))
     assert answer.status_code == 200, answer.text
     return [p["userid"] for p in answer.json()["predictions"]]
 
@@ -76,7 +76,9 @@ def test_the_registered_are_recognised_and_strangers_stay_unknown_at_both_defaul
     cases += [("unknown", photo) for person in STRANGERS for photo in photos_of(person)]
     with ThreadPoolExecutor(4) as pool:
         for threshold in ({}, {"min_confidence": "0.45"}):  # DeepStack's default 0.67, deepstack-python's
-            answers = list(pool.map(lambda case: recognised(served, case[1], **threshold), cases))
+            answers = list(
+                pool.map(recognised, [served] * len(cases), [photo for _, photo in cases], [threshold] * len(cases))
+            )
             wrong = [(who, photo.name, got) for (who, photo), got in zip(cases, answers, strict=True) if got != [who]]
             assert not wrong, (threshold, wrong)
     assert len(cases) >= 50
