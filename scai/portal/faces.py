@@ -48,9 +48,12 @@ def faces_db() -> Faces:
     return extensions["scai_faces"]
 
 
-def _installed() -> None:
-    if not config.load_models(settings().usr_dir, FACES):
+def _installed() -> str:
+    """The face model's section: ``default``, else the one ``scai models pull face`` wrote."""
+    models = config.load_models(settings().usr_dir, FACES)
+    if not models:
         abort(503, "face recognition is not installed: run `scai models pull face`")
+    return config.DEFAULT_MODEL if config.DEFAULT_MODEL in models else sorted(models)[0]
 
 
 def _min_confidence(default: float) -> float:
@@ -65,7 +68,8 @@ def _photos() -> list[FileStorage]:
 
 def _found(uploads: list[FileStorage], embed: bool, min_confidence: float) -> list[dict[str, Any]]:
     """Each photo's final state: all are queued first, so that several workers take them at once."""
-    created = [accept_upload(FACES, None, {"embed": embed, "min_confidence": min_confidence}, u) for u in uploads]
+    model, options = _installed(), {"embed": embed, "min_confidence": min_confidence}
+    created = [accept_upload(FACES, model, options, upload) for upload in uploads]
     states = []
     try:
         for one in created:
@@ -94,7 +98,6 @@ def _largest(state: dict[str, Any]) -> dict[str, Any] | None:
 @bp.post("/vision/face")
 @apikeys.required
 def detect() -> tuple[Response, int]:
-    _installed()
     started = time.monotonic()
     (state,) = _found([_one_photo()], embed=False, min_confidence=_min_confidence(FACE_CONFIDENCE))
     found = [{"confidence": face["confidence"], **_box(state, face)} for face in state.get("faces") or []]
@@ -111,7 +114,6 @@ def detect() -> tuple[Response, int]:
 @bp.post("/vision/face/recognize")
 @apikeys.required
 def recognize() -> tuple[Response, int]:
-    _installed()
     started = time.monotonic()
     wanted = _min_confidence(RECOGNIZE_CONFIDENCE)
     (state,) = _found([_one_photo()], embed=True, min_confidence=FACE_FOUND)
@@ -142,7 +144,6 @@ def recognize() -> tuple[Response, int]:
 @bp.post("/vision/face/register")
 @apikeys.required
 def register() -> tuple[Response, int]:
-    _installed()
     started = time.monotonic()
     try:
         userid = check_userid(request.form.get("userid"))
@@ -192,7 +193,6 @@ def delete() -> Response:
 @bp.post("/vision/face/match")
 @apikeys.required
 def match() -> tuple[Response, int]:
-    _installed()
     started = time.monotonic()
     uploads = _photos()
     if len(uploads) != 2:
