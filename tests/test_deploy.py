@@ -258,7 +258,12 @@ def test_mounted_under_a_sub_path(deployment: Deployment) -> None:
 )
 def test_rendered_units_pass_systemd_analyze_verify(deployment: Deployment) -> None:
     units = sorted((deployment.rendered / "systemd").glob("*.service"))
-    assert [u.name for u in units] == ["scai-classify.service", "scai-detect.service", "scai.service"]
+    assert [u.name for u in units] == [
+        "scai-classify.service",
+        "scai-detect.service",
+        "scai-face.service",
+        "scai.service",
+    ]
     run = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     for name in ("scai-classify.service", "scai-detect.service"):

@@ -113,6 +113,34 @@ def _session_read(summary: str, responses: dict[str, Any], parameters: list[dict
     return {"get": _op("/api/v1", summary, {**responses, **errors}, parameters=parameters, security=SESSION_KEYED)}
 
 
+def _face_paths() -> dict[str, Any]:
+    """The face routes: one image each, several for register (any field names), two for match."""
+    form = {"image": {"type": "string", "contentMediaType": "application/octet-stream"}}
+    confident = {"min_confidence": NUMBER_0_1, "api_key": DEEPSTACK_FORM["api_key"]}
+    one = _upload("image", confident)
+    person = {"userid": {**STRING, "maxLength": 100}, "api_key": DEEPSTACK_FORM["api_key"]}
+    several = {"required": True, "content": {"multipart/form-data": {"schema": _object(["userid"], **form, **person)}}}
+    named = {"required": True, "content": {"multipart/form-data": {"schema": _object(["userid"], **person)}}}
+    return {
+        "/v1/vision/face": _deepstack("Find faces", _answer("the faces, most confident first", "DeepStackFaces"),
+                                      requestBody=one),
+        "/v1/vision/face/recognize": _deepstack(
+            "Who is in the photo (unknown below min_confidence, 0.67 by default)",
+            _answer("each face with its userid", "DeepStackFaces"), requestBody=one,
+        ),
+        "/v1/vision/face/register": _deepstack(
+            "Add one or more photos' faces to a person (earlier photos are kept)",
+            _answer("the faces the person has now", "DeepStackRegistered"), requestBody=several,
+        ),
+        "/v1/vision/face/list": _deepstack("The registered people", _answer("userids", "DeepStackFaceList")),
+        "/v1/vision/face/delete": _deepstack("Forget a person", _answer("done", "DeepStackDone"), requestBody=named),
+        "/v1/vision/face/match": _deepstack(
+            "How alike the faces of two photos are", _answer("the similarity", "DeepStackMatch"),
+            requestBody={"required": True, "content": {"multipart/form-data": {"schema": _object([], **form)}}},
+        ),
+    }  # fmt: skip
+
+
 def _page(tag: str, summary: str, description: str, content: str = "text/html") -> dict[str, Any]:
     body = {"description": description, "content": {content: {"schema": {"type": "string"}}}}
     return {"get": _op(tag, summary, {"200": body})}
@@ -188,6 +216,7 @@ def paths() -> dict[str, Any]:
             _answer("the label", "DeepStackScene"),
             requestBody=deepstack_upload,
         ),
+        **_face_paths(),
         "/v1/status/updateavailable": {
             "get": _op(
                 "DeepStack / CodeProject.AI",
@@ -284,6 +313,32 @@ SCHEMAS = {
         moduleId=STRING,
         code=INTEGER,
     ),
+    "DeepStackFaces": _object(
+        ["success", "predictions"],
+        success={"const": True},
+        predictions={
+            "type": "array",
+            "items": _object(
+                ["confidence", "x_min", "y_min", "x_max", "y_max"],
+                confidence=NUMBER,
+                userid=STRING,
+                x_min=INTEGER,
+                y_min=INTEGER,
+                x_max=INTEGER,
+                y_max=INTEGER,
+            ),
+        },
+        count=INTEGER,
+        message=STRING,
+    ),  # fmt: skip
+    "DeepStackRegistered": _object(
+        ["success", "message"], success={"const": True}, message=STRING, userid=STRING, added=INTEGER, faces=INTEGER
+    ),
+    "DeepStackFaceList": _object(
+        ["success", "faces"], success={"const": True}, faces={"type": "array", "items": STRING}
+    ),
+    "DeepStackDone": _object(["success"], success={"const": True}, message=STRING),
+    "DeepStackMatch": _object(["success", "similarity"], success={"const": True}, similarity=NUMBER),
     "DeepStackScene": _object(
         ["success", "label", "confidence"], success={"const": True}, label=STRING, confidence=NUMBER
     ),
