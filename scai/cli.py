@@ -206,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out", type=Path, help="the .tflite to write")
     add.add_argument("--usr", type=Path, help="model config folder (env SCAI_USR_DIR; default ./usr)")
 
+    faces = commands.add_parser("faces", help="the registered faces: list, delete, export, import")
+    faces_actions = faces.add_subparsers(dest="action", required=True, metavar="ACTION")
+    helps = {"list": "each person and how many faces", "delete": "forget a person",
+             "export": "everyone to a JSON file", "import": "add the people of such a file"}  # fmt: skip
+    for action, text in helps.items():
+        one = faces_actions.add_parser(action, help=text)
+        _folders(one)
+        if action == "delete":
+            one.add_argument("userid")
+        if action in ("export", "import"):
+            one.add_argument("file", type=Path, help="- for standard output or input")
+
     clean = commands.add_parser("clean", help="remove sessions older than a limit")
     add_clean_arguments(clean)
     return parser
@@ -279,6 +291,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_quantize(args)
     if args.command == "models":
         return run_models(args)
+    if args.command == "faces":
+        from scai.facedb import run_command
+
+        return run_command(_settings(args), args.action, getattr(args, "userid", None), getattr(args, "file", None))
     return run_clean(args)
 
 

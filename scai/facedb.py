@@ -195,6 +195,48 @@ class RedisFaces(Faces):
         return {u: [json.loads(row) for row in rows] for u, rows in zip(userids, lists, strict=True) if rows}
 
 
+def run_command(settings: Settings, action: str, userid: str | None, file: Path | None) -> int:
+    """``scai faces list|delete|export|import``, on the store the settings name."""
+    import sys
+
+    from scai.store import open_store
+
+    faces = open_faces(settings, open_store(settings))
+    if action == "list":
+        for name, embeddings in sorted(faces.people().items()):
+            print(f"{name}\t{len(embeddings)} face{'s' if len(embeddings) != 1 else ''}")
+        return 0
+    if action == "delete":
+        if not faces.delete(check_userid(userid)):
+            raise ConfigError(f"nobody is registered as {userid!r}")
+        print(f"deleted {userid}")
+        return 0
+    if action == "export":
+        text = json.dumps({"version": 1, "people": faces.people()}) + "\n"
+        sys.stdout.write(text) if str(file) == "-" else atomic_write(Path(file), text.encode("utf-8"))
+        return 0
+    people = _imported(sys.stdin.read() if str(file) == "-" else Path(file).read_text(encoding="utf-8"))
+    for name, embeddings in people.items():
+        faces.add(name, [np.asarray(e, dtype=np.float32) for e in embeddings])
+    print(f"imported {sum(len(e) for e in people.values())} faces of {len(people)} people")
+    return 0
+
+
+def _imported(text: str) -> dict[str, list[list[float]]]:
+    """The people of an export, checked whole before anything is added."""
+    try:
+        people = json.loads(text)["people"]
+        for name, embeddings in people.items():
+            check_userid(name)
+            if not all(len(e) == DIMENSIONS and all(math.isfinite(float(v)) for v in e) for e in embeddings):
+                raise ValueError(f"{name!r} has an embedding that is not {DIMENSIONS} numbers")
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(f"not an export of `scai faces export`: {error}") from None
+    return people
+
+
 def open_faces(settings: Settings, store: Any) -> Faces:
     """The face database of the configured store: Redis's where the sessions are there."""
     client = getattr(store, "redis", None)

@@ -80,3 +80,23 @@ def test_userids_that_cannot_be_are_refused(userid: str | None, why: str) -> Non
     with pytest.raises(ConfigError, match=why):
         check_userid(userid)
     assert check_userid("Anne-Marie O'Neill") == "Anne-Marie O'Neill"
+
+
+def test_the_faces_command_lists_deletes_exports_and_imports(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from scai.cli import main
+
+    FolderFaces(tmp_path / "a").add("ann", [unit(1), unit(2)])
+    FolderFaces(tmp_path / "a").add("bob", [unit(3)])
+    here = ["--session-dir", str(tmp_path / "a")]
+    assert main(["faces", "list", *here]) == 0
+    assert capsys.readouterr().out == "ann\t2 faces\nbob\t1 face\n"
+    assert main(["faces", "export", str(tmp_path / "all.json"), *here]) == 0
+    assert main(["faces", "import", str(tmp_path / "all.json"), "--session-dir", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.endswith("imported 3 faces of 2 people\n")
+    owners, matrix = FolderFaces(tmp_path / "b").table()
+    assert owners == ["ann", "ann", "bob"] and np.allclose(matrix[2], unit(3), atol=1e-6)
+    assert main(["faces", "delete", "ann", *here]) == 0 and FolderFaces(tmp_path / "a").names() == ["bob"]
+    assert main(["faces", "delete", "ann", *here]) == 2
+    (tmp_path / "bad.json").write_text('{"people": {"x": [[1, 2]]}}')
+    assert main(["faces", "import", str(tmp_path / "bad.json"), *here]) == 2
+    assert "not 128 numbers" in capsys.readouterr().err and FolderFaces(tmp_path / "a").names() == ["bob"]
