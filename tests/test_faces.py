@@ -184,3 +184,45 @@ def test_with_keys_set_every_face_route_needs_one(served: Server) -> None:
         assert post(served, "/list", {}, api_key="door-key").status_code == 200
     finally:
         keys.unlink()
+
+
+def test_on_redis_a_person_registered_through_one_portal_is_known_to_another_and_a_killed_worker_costs_nothing(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two portals in folders of their own meeting in one redis-server, face workers beside the
+    first; a register of 8 photos through the second while its face worker is killed with SIGKILL
+    holding claims: answered once, 8 faces added (none lost, none twice), known to the first."""
+    import os
+    import signal
+
+    import redis
+    from conftest import wait_for
+    from test_scale_out import FAST_RECOVERY, redis_holders
+
+    from scai.store.redis_streams import GROUP, RedisStore
+
+    url = request.getfixturevalue("redis_url").replace("/0", "/3")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    usr = write_usr(tmp_path / "usr")
+    assert main(["models", "pull", "face", "--from", str(FACE_MODELS), "--usr", str(usr)]) == 0
+    store = ["--store", url]
+    first = Server(tmp_path / "a" / "session", usr, tmp_path / "a.log", *store, env=FAST_RECOVERY)
+    second = Server(tmp_path / "b" / "session", usr, tmp_path / "b.log", *store, "--portal-only", env=FAST_RECOVERY)
+    try:
+        photos = photos_of("john_shimkus")
+        pool = RedisStore(url, 3600)._pool("face_recognition")
+        with ThreadPoolExecutor(1) as pool_of_one:
+            files = [(f"image{i}", (photo.name, photo.read_bytes())) for i, photo in enumerate(photos[:8])]
+            pending = pool_of_one.submit(post, second, "/register", files, userid="shimkus")
+            holder = wait_for(lambda: redis_holders(client, pool), 30, "a face worker to hold a claim")
+            os.kill(int(next(iter(holder))), signal.SIGKILL)
+            answer = pending.result(90)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["added"] == 8 and answer.json()["faces"] == 8, answer.json()
+        assert recognised(first, photos[9]) == ["shimkus"] and "shimkus" in post(first, "/list", {}).json()["faces"]
+        assert "was killed by SIGKILL" in (tmp_path / "a.log").read_text()
+        assert client.xpending(pool, GROUP)["pending"] == 0
+    finally:
+        second.stop()
+        first.stop()
