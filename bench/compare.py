@@ -2,7 +2,7 @@
 
     make bench-compare
     .venv/bin/python bench/compare.py [--seconds 8] [--repeat 3] [--clients 1,16] [--only classify|detect]
-                                      [--detector yolox|ssd] [--json results.json] [--scai-cmd "..."]
+                                      [--only face] [--detector yolox|ssd] [--json results.json] [--scai-cmd "..."]
                                       [--scai-also NAME=CMD ...]
 
 The peers (bench/peers/, in their own venv bench/.peers-venv, built here on first use) do what a
@@ -21,7 +21,10 @@ What it measures:
     each sending the next request when the previous one is answered, for --seconds after a 1 s
     warm-up: classification with 1 and 16 clients on a 73 KB photo and on a 12 MP photo,
     detection with 1 and 16 clients on the 73 KB photo, a 1080p camera frame and the 12 MP photo
-    (SCAI and plain-flask). Rounds are
+    (SCAI and plain-flask); with ``--only face``, face recognition of a 1080p frame with one face
+    (SCAI's /v1/vision/face/recognize against a plain-flask route running dlib's same three models
+    in its process: HOG on the whole frame, the 5-point landmarks, the ResNet embedding), after
+    registering one person with both, their userids compared on the 58 photos of the face set; Rounds are
     interleaved (every server once per scenario, then the next repetition) and the best
     repetition of each server counts, because the machine is shared and noisy;
   * per round: requests per second, p50 and p95 latency of the successful requests, failures
@@ -78,6 +81,10 @@ DETECTORS = {
     ),
 }
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+FACE_MODELS = ASSETS / "models" / "face"
+FACE_SET = ASSETS / "datasets" / "faces"
+#: Who both servers know before the face rounds: one photo of one person.
+FACE_PEOPLE = {"obama": FACE_SET / "people" / "obama" / "fr_obama.jpg"}
 START_TIMEOUT = 90.0
 REQUEST_TIMEOUT = 35.0  # SCAI holds a request up to wait=30 s
 BOX_TOLERANCE = 0.02
@@ -85,7 +92,7 @@ BUSY_MACHINE = 20.0  # "other CPU %" above which a round is marked as disturbed
 
 sys.path.insert(0, str(PEERS))
 
-from plain_model import Classifier, Detector, YoloxDetector  # noqa: E402
+from plain_model import Classifier, Detector, FaceRecognizer, YoloxDetector  # noqa: E402
 
 # --- the peers' environment and the models ---------------------------------------------------
 
@@ -117,7 +124,7 @@ def classifier_model() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "efficientnet_lite0.tflite"
 
 
-def write_usr(folder: Path, detector: str) -> None:
+def write_usr(folder: Path, detector: str, faces: bool) -> None:
     """SCAI's model configs: the same two models the peers serve, as the default sections (the
     classifier named by its package, which resolves to the file classifier_model() finds)."""
     folder.mkdir(parents=True)
@@ -126,6 +133,11 @@ def write_usr(folder: Path, detector: str) -> None:
     )
     model, labels = DETECTORS[detector]
     (folder / "object_detection.config").write_text(f"[default]\nPATH_TO_CKPT = {model}\nPATH_TO_LABELS = {labels}\n")
+    if faces:
+        (folder / "face_recognition.config").write_text(
+            f"[default]\nGRAPH = {FACE_MODELS / 'dlib_face_recognition_resnet_model_v1.dat'}\n"
+            f"LANDMARKS = {FACE_MODELS / 'shape_predictor_5_face_landmarks.dat'}\n"
+        )
 
 
 def plain_detector(detector: str) -> Detector | YoloxDetector:
@@ -138,6 +150,16 @@ def make_large_photo(path: Path) -> Path:
     """A 12 MP JPEG (about 1.1 MB), as a phone uploads it, made from a shared photo."""
     image = Image.open(IMAGES / "grace_hopper.jpg").convert("RGB")
     image.resize((4032, 3024), Image.BICUBIC).save(path, "JPEG", quality=90)
+    return path
+
+
+def make_face_frame(path: Path) -> Path:
+    """A 1080p JPEG with one face, as a doorbell camera sends one (quality 80)."""
+    frame = Image.new("RGB", (1920, 1080), (96, 110, 120))
+    person = Image.open(FACE_SET / "people" / "obama" / "fr_obama2.jpg").convert("RGB")
+    person = person.resize((round(person.width * 900 / person.height), 900), Image.BICUBIC)
+    frame.paste(person, (700, 120))
+    frame.save(path, "JPEG", quality=80)
     return path
 
 
@@ -191,13 +213,18 @@ def start_scai(name: str, template: str, tmp: Path, servers: list[Server]) -> No
     port, session, log = free_port(), tmp / name / "session", tmp / f"{name}.log"
     command = shlex.split(template.format(bin=Path(sys.executable).parent, port=port, session=session, usr=tmp / "usr"))
     process = launch(name, command, ROOT, dict(os.environ), log)
-    paths = {"classify": "/api/v1/classify?wait=30", "detect": "/api/v1/detect?wait=30"}
+    paths = {
+        "classify": "/api/v1/classify?wait=30",
+        "detect": "/api/v1/detect?wait=30",
+        "face": "/v1/vision/face/recognize",
+    }
     servers.append(Server(name, port, "/healthz", paths, process, log))
 
 
 def start_servers(
-    tmp: Path, peers_bin: Path, scais: dict[str, str], classifier: Path, detector: str, servers: list[Server]
-) -> None:
+    tmp: Path, peers_bin: Path, scais: dict[str, str], classifier: Path, detector: str, faces: bool,
+    servers: list[Server],
+) -> None:  # fmt: skip
     """Every SCAI (name -> command template), plain-flask and litserve, each on a free loopback
     port, all starting at once; each is appended to ``servers`` as soon as it runs, so that the
     caller stops it whatever happens next."""
@@ -205,7 +232,10 @@ def start_servers(
     env = dict(os.environ, PEER_CLASSIFY_MODEL=str(classifier))
     model, labels = DETECTORS[detector]
     env.update(PEER_DETECT_MODEL=str(model), PEER_DETECT_LABELS=str(labels))
-    write_usr(tmp / "usr", detector)
+    if faces:
+        people = ",".join(f"{userid}={photo}" for userid, photo in FACE_PEOPLE.items())
+        env.update(PEER_FACE_MODELS=str(FACE_MODELS), PEER_FACE_PEOPLE=people)
+    write_usr(tmp / "usr", detector, faces)
     for name, template in scais.items():
         start_scai(name, template, tmp, servers)
     port = free_port()
@@ -213,7 +243,7 @@ def start_servers(
     command = [str(peers_bin / "gunicorn"), "-w", cores, "-b", f"127.0.0.1:{port}", "--no-control-socket"]
     command.append("plain_flask:app")
     process = launch("plain-flask", command, PEERS, env, tmp / "plain-flask.log")
-    paths = {"classify": "/classify", "detect": "/detect"}
+    paths = {"classify": "/classify", "detect": "/detect", "face": "/face/recognize"}
     servers.append(Server("plain-flask", port, "/healthz", paths, process, tmp / "plain-flask.log"))
     port = free_port()
     command = [str(peers_bin / "python"), "litserve_server.py", "--port", str(port), "--workers", cores]
@@ -269,6 +299,11 @@ def top1(answer: dict[str, Any] | None) -> str | None:
         return None
 
 
+def userids(answer: dict[str, Any]) -> list[str]:
+    """Who a face recognition answer names, in order (unknown faces too)."""
+    return sorted(p["userid"] for p in answer["predictions"])
+
+
 def boxes_close(a: dict[str, float], b: dict[str, float]) -> bool:
     return all(abs(float(a[k]) - float(b[k])) <= BOX_TOLERANCE for k in ("xmin", "ymin", "xmax", "ymax"))
 
@@ -293,6 +328,17 @@ def same_detections(reference: list[dict[str, Any]], answer: dict[str, Any] | No
         return False
 
 
+def register_faces(servers: list[Server]) -> None:
+    """Register FACE_PEOPLE with every SCAI (the peer registered them as it started)."""
+    for server in servers:
+        if is_scai(server.name):
+            for userid, photo in FACE_PEOPLE.items():
+                files = {"image": (photo.name, photo.read_bytes())}
+                answer = requests.post(f"http://127.0.0.1:{server.port}/v1/vision/face/register",
+                                       data={"userid": userid}, files=files, timeout=60)  # fmt: skip
+                answer.raise_for_status()
+
+
 def check_fidelity(
     servers: list[Server], tasks: list[str], photos: list[Path], classifier: Path, detector: str
 ) -> dict[str, Any]:
@@ -307,10 +353,13 @@ def check_fidelity(
     if "detect" in tasks:
         reference = plain_detector(detector)
         references["detect"] = {p: reference.detect(p.read_bytes()) for p in photos}
+    if "face" in tasks:
+        faces = FaceRecognizer(str(FACE_MODELS), {u: str(p) for u, p in FACE_PEOPLE.items()})
+        references["face"] = {p: userids({"predictions": faces.recognize(p.read_bytes())}) for p in photos}
     results: dict[str, Any] = {}
     for task in tasks:
         print(f"\nfidelity, {task} ({len(photos)} photos vs the plain pipeline in this process):")
-        label = "top-1 equal" if task == "classify" else "detections equal"
+        label = {"classify": "top-1 equal", "detect": "detections equal", "face": "userids equal"}[task]
         for server in servers:
             if task in server.paths:
                 result = fidelity_of(server, task, references[task])
@@ -328,7 +377,10 @@ def fidelity_of(server: Server, task: str, references: dict[Path, Any]) -> dict[
     for photo, expected in references.items():
         answer = post_photo(session, server.url(task), photo)
         failed = failed + 1 if answer is None else 0
-        ok = top1(answer) == expected if task == "classify" else same_detections(expected, answer)
+        if task == "face":
+            ok = answer is not None and userids(answer) == expected
+        else:
+            ok = top1(answer) == expected if task == "classify" else same_detections(expected, answer)
         equal += ok
         if not ok:
             differ.append(photo.name)
@@ -358,6 +410,8 @@ def answered(task: str, response: requests.Response) -> bool:
         return False
     try:
         answer = response.json()
+        if task == "face":
+            return answer.get("success") is True and isinstance(answer["predictions"], list)
         return bool(answer["predictions"][0]["label"]) if task == "classify" else isinstance(answer["detections"], list)
     except (ValueError, KeyError, IndexError, TypeError):
         return False
@@ -574,7 +628,9 @@ class Scenario:
     clients: int
 
 
-def scenarios(tasks: list[str], clients: list[int], small: Path, frame: Path, large: Path) -> list[Scenario]:
+def scenarios(
+    tasks: list[str], clients: list[int], small: Path, frame: Path, large: Path, face: Path
+) -> list[Scenario]:
     small_name = f"{small.name} ({small.stat().st_size / 1000:.1f} kB)"
     frame_name = f"1080p frame ({frame.stat().st_size / 1000:.0f} kB)"
     large_name = f"12 MP JPEG ({large.stat().st_size / 1e6:.2f} MB)"
@@ -585,6 +641,9 @@ def scenarios(tasks: list[str], clients: list[int], small: Path, frame: Path, la
     if "detect" in tasks:
         for photo, name in ((small, small_name), (frame, frame_name), (large, large_name)):
             found += [Scenario(f"detect {name}, {n} client(s)", "detect", photo, n) for n in clients]
+    if "face" in tasks:
+        name = f"1080p frame, one face ({face.stat().st_size / 1000:.0f} kB)"
+        found += [Scenario(f"recognize {name}, {n} client(s)", "face", face, n) for n in clients]
     return found
 
 
@@ -696,7 +755,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of every round; the best counts")
     parser.add_argument("--clients", default="1,16", help="concurrent clients per scenario (default 1,16)")
     parser.add_argument("--processes", type=int, default=4, help="most load-generator processes (default 4)")
-    parser.add_argument("--only", choices=("classify", "detect"), help="one task only")
+    parser.add_argument("--only", choices=("classify", "detect", "face"), help="one task only (face: only this way)")
     parser.add_argument("--detector", choices=sorted(DETECTORS), default="yolox", help="default yolox (ONNX)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument(
@@ -735,17 +794,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scai-compare-") as folder:
         tmp = Path(folder)
         frame, large = make_camera_frame(tmp / "frame-1080p.jpg"), make_large_photo(tmp / "photo-12mp.jpg")
-        plan = scenarios(tasks, clients, IMAGES / "grace_hopper.jpg", frame, large)
+        face = make_face_frame(tmp / "face-1080p.jpg")
+        plan = scenarios(tasks, clients, IMAGES / "grace_hopper.jpg", frame, large, face)
         servers: list[Server] = []
         try:
             scais = {"scai": args.scai_cmd, **dict(entry.split("=", 1) for entry in args.scai_also)}
             if not all(is_scai(name) for name in scais):
                 raise SystemExit("--scai-also: each NAME begins with scai- (the others are the peers)")
-            start_servers(tmp, peers_bin, scais, classifier, args.detector, servers)
+            start_servers(tmp, peers_bin, scais, classifier, args.detector, "face" in tasks, servers)
             for server in servers:
                 wait_ready(server)
             print("all servers ready", flush=True)
-            fidelity = check_fidelity(servers, tasks, photos + [frame, large], classifier, args.detector)
+            if "face" in tasks:
+                register_faces(servers)
+                photos = sorted((FACE_SET / "people").glob("*/*.jpg")) + [face]
+            else:
+                photos += [frame, large]
+            fidelity = check_fidelity(servers, tasks, photos, classifier, args.detector)
             rows = run_rounds(servers, plan, args)
         finally:
             for server in servers:

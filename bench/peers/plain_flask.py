@@ -10,11 +10,12 @@ interpreters and answers one request at a time: the simplest production setup fo
 from __future__ import annotations
 
 from flask import Flask, jsonify, request
-from plain_model import classifier_from_env, detector_from_env
+from plain_model import classifier_from_env, detector_from_env, faces_from_env
 
 app = Flask(__name__)
 classifier = classifier_from_env()
 detector = detector_from_env()
+faces = faces_from_env()
 
 
 def uploaded() -> bytes | None:
@@ -43,3 +44,13 @@ def detect():
     if not data:
         return jsonify(error="no photo"), 400
     return jsonify(detections=detector.detect(data))
+
+
+@app.post("/face/recognize")
+def recognize():
+    if faces is None:
+        return jsonify(error="no face models configured"), 503
+    data = uploaded()
+    if not data:
+        return jsonify(error="no photo"), 400
+    return jsonify(success=True, predictions=faces.recognize(data))

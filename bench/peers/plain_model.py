@@ -11,10 +11,17 @@ top-left corner of a 416x416 canvas padded with 114, BGR, then centre = (cell + 
 = exp(log size) x stride, score = objectness x class score, candidates under 0.5 dropped, and
 OpenCV's class-wise NMS at IoU 0.45 (SCAI's default).
 
+Faces (``FaceRecognizer``) run dlib as a short server would, in one process: its HOG detector on
+the whole photo (no doubling), the 5-point landmarks and the ResNet embedding of each face, and
+the nearest of the people registered at start-up, with SCAI's confidence mapping so that the two
+answer alike.
+
 Environment (set by ``bench/compare.py``):
     PEER_CLASSIFY_MODEL   the EfficientNet-Lite0 int8 .tflite (labels read from inside it)
     PEER_DETECT_MODEL     the SSD .tflite with TFLite_Detection_PostProcess, or YOLOX-Nano .onnx (optional)
     PEER_DETECT_LABELS    its labels, one a line, line i = class id i
+    PEER_FACE_MODELS      the folder of dlib's two face models (optional)
+    PEER_FACE_PEOPLE      userid=photo,userid=photo...: who is registered at start-up
 """
 
 from __future__ import annotations
@@ -147,6 +154,53 @@ class YoloxDetector:
             label, confidence = self.labels[int(classes[i])], round(float(scores[i]), 6)
             found.append({"label": label, "score": confidence, "box_normalized": box})
         return sorted(found, key=lambda d: -d["score"])
+
+
+class FaceRecognizer:
+    """Faces and who they are (see the module's docstring)."""
+
+    def __init__(self, models: str, people: dict[str, str]) -> None:
+        import dlib
+
+        self.detector = dlib.get_frontal_face_detector()
+        self.shapes = dlib.shape_predictor(os.path.join(models, "shape_predictor_5_face_landmarks.dat"))
+        self.embedder = dlib.face_recognition_model_v1(
+            os.path.join(models, "dlib_face_recognition_resnet_model_v1.dat")
+        )
+        self.names, rows = [], []
+        for userid, photo in people.items():
+            with open(photo, "rb") as file:
+                faces = self.embed(np.asarray(Image.open(BytesIO(file.read())).convert("RGB")))
+            self.names.append(userid)
+            rows.append(faces[0][1])
+        self.registered = np.asarray(rows, dtype=np.float32).reshape(-1, 128)
+
+    def embed(self, pixels: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+        found = []
+        for rect in self.detector(pixels, 0):
+            shape = self.shapes(pixels, rect)
+            found.append((rect, np.asarray(self.embedder.compute_face_descriptor(pixels, shape), dtype=np.float32)))
+        return found
+
+    def recognize(self, data: bytes, min_confidence: float = 0.67) -> list[dict[str, Any]]:
+        pixels = np.asarray(Image.open(BytesIO(data)).convert("RGB"))
+        out = []
+        for rect, embedding in self.embed(pixels):
+            distances = np.linalg.norm(self.registered - embedding, axis=1)
+            best = int(distances.argmin())
+            sure = 1.0 / (1.0 + float(np.exp(min(50.0, 25.0 * (distances[best] - 0.585)))))
+            known = sure >= min_confidence
+            box = {"x_min": rect.left(), "y_min": rect.top(), "x_max": rect.right(), "y_max": rect.bottom()}
+            out.append({"userid": self.names[best] if known else "unknown", "confidence": sure if known else 0, **box})
+        return sorted(out, key=lambda p: -p["confidence"])
+
+
+def faces_from_env() -> FaceRecognizer | None:
+    models = os.environ.get("PEER_FACE_MODELS")
+    if not models:
+        return None
+    people = dict(pair.split("=", 1) for pair in os.environ["PEER_FACE_PEOPLE"].split(","))
+    return FaceRecognizer(models, people)
 
 
 def classifier_from_env() -> Classifier:
