@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
 from scai import apikeys, config, metrics
-from scai.config import JOB_ALIASES
+from scai.config import FACES, JOB_ALIASES
 from scai.health import STALE_SECONDS, report
 from scai.portal.uploads import (
     KEY_HEADER,
@@ -23,7 +23,9 @@ from scai.sessions import COMPLETE, FAILURE, SessionNotFound
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-SERVED = JOB_ALIASES
+#: The job kinds /api/v1 takes uploads for. Faces only through the DeepStack face routes, which
+#: decide who is who and keep no session: a face session's state holds embeddings.
+SERVED = {alias: job for alias, job in JOB_ALIASES.items() if job != FACES}
 
 
 def _wait_seconds() -> float:
