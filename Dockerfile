@@ -1,0 +1,49 @@
+# SCAI in a container: `scai serve` on port 5001 by default; `scai worker KIND` or
+# `scai serve --portal-only` for the roles of a scaled-out site (README: "Run in a container").
+#
+#   podman build --format docker -t scai .                   # with TensorFlow (training, .pb/SavedModel/Keras models)
+#   podman build --format docker --target slim -t scai:slim .  # TFLite, ONNX and face models only
+#
+# Behind a proxy that intercepts HTTPS, give its CA bundle as a build secret: it is mounted for the
+# install steps only and never written into a layer:
+#   podman build --format docker --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt -t scai .
+# The base image is Debian's; where no registry is reachable, make it from Debian's packages:
+#   mmdebstrap --variant=minbase bookworm - | podman import - docker.io/library/debian:bookworm-slim
+
+FROM docker.io/library/debian:bookworm-slim AS system
+# tini is PID 1: it forwards SIGTERM to scai serve (which finishes the batch in hand) and reaps
+# orphaned processes
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv libpython3.11 ca-certificates tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /opt/scai --shell /usr/sbin/nologin scai
+
+FROM system AS build
+# uwsgi is built from source: a compiler and Python's headers, in this stage only
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make gcc libc6-dev python3.11-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/scai
+COPY . .
+# The project's own pinned install (the Makefile), without the test tools; it also converts the
+# default person detector to TFLite, which needs TensorFlow once
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && make install EXTRAS= \
+ && rm -rf /root/.cache
+
+FROM system AS full
+COPY --from=build /opt/scai /opt/scai
+RUN install -d -o scai -g scai /opt/scai/session \
+ && chown -R scai:scai /opt/scai/usr
+USER scai
+WORKDIR /opt/scai
+ENV PATH=/opt/scai/.venv/bin:$PATH \
+    SCAI_SESSION_DIR=/opt/scai/session \
+    SCAI_USR_DIR=/opt/scai/usr
+VOLUME ["/opt/scai/session", "/opt/scai/usr"]
+EXPOSE 5001
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python3.11", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5001/healthz', timeout=4)"]
+ENTRYPOINT ["tini", "--", "scai"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "5001"]
