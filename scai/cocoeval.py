@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,23 +116,22 @@ def _per_class(scoring: Any, truth: Any) -> dict[str, float]:
 
 
 def _write(folder: Path, spec: ModelSpec, result: DetectionEvaluation, scoring: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
+    from scai.train.plots import chart  # Pillow, as the training report draws
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(vars(result), indent=1) + "\n", encoding="utf-8")
     precision = scoring.eval["precision"][:, :, :, 0, -1]  # [T, R, K]
     recall = scoring.params.recThrs
-    figure, axes = pyplot.subplots(figsize=(6, 4.5))
+    series = {}
     for label, rows in (("IoU 0.5", precision[:1]), ("IoU 0.5:0.95", precision)):
-        curve = np.where(rows > -1, rows, np.nan)
-        axes.plot(recall, np.nanmean(curve, axis=(0, 2)), label=label)
-    axes.set(xlabel="recall", ylabel="precision", title=f"{spec.name}: precision and recall", xlim=(0, 1), ylim=(0, 1))
-    axes.legend()
-    figure.savefig(folder / "precision_recall.png", dpi=100)
-    pyplot.close(figure)
+        with warnings.catch_warnings():  # a recall no class reaches: a gap in the line, not a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            curve = np.nanmean(np.where(rows > -1, rows, np.nan), axis=(0, 2))
+        series[label] = [(float(r), float(p)) for r, p in zip(recall, curve, strict=True) if np.isfinite(p)]
+    ticks = [(step / 5, f"{step / 5:.1f}") for step in range(6)]
+    chart(f"{spec.name}: precision against recall", series, "recall", (1.0, 1.0), ticks, key_at_top=False).save(
+        folder / "precision_recall.png"
+    )
     lines = [f"# Detection report: {spec.name}", "", f"Model: `{spec.path.name}`", "", "```", result.table(), "```"]
     if result.unmatched_labels:
         lines += ["", "Labels no annotated category is named like: " + ", ".join(result.unmatched_labels)]

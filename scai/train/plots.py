@@ -54,32 +54,51 @@ def curves(path: Path, history: dict[str, list[float]]) -> None:
     image.save(path)
 
 
-def _panel(title: str, training: list[float], held: list[float], size: tuple[int, int] = (460, 320)) -> Image.Image:
+def _panel(title: str, training: list[float], held: list[float]) -> Image.Image:
+    high = 1.0 if title == "accuracy" else max(max(training, default=1), max(held, default=1)) * 1.05
+    epochs = max(len(training) - 1, 1)
+    every = next(n for n in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, epochs) if n * 6 >= epochs)
+    series = {name: list(enumerate(values)) for name, values in zip(SERIES, (training, held), strict=True)}
+    ticks = [(epoch, str(epoch)) for epoch in range(0, epochs + 1, every)]
+    return chart(title, series, "epoch", (epochs, high), ticks, key_at_top=title == "loss")
+
+
+def chart(
+    title: str,
+    series: dict[str, list[tuple[float, float]]],
+    x_label: str,
+    limits: tuple[float, float],
+    x_ticks: list[tuple[float, str]],
+    key_at_top: bool = True,
+    size: tuple[int, int] = (460, 320),
+) -> Image.Image:
+    """Lines of (x, y) points from (0, 0) to ``limits``, one colour a series (``SERIES`` names the
+    first two), with a key away from where the lines usually run."""
     image = Image.new("RGB", size, PAPER)
     pen = ImageDraw.Draw(image)
     small = font(12)
     left, top, right, bottom = 52, 30, size[0] - 14, size[1] - 40
-    high = 1.0 if title == "accuracy" else max(max(training, default=1), max(held, default=1)) * 1.05
-    epochs = max(len(training) - 1, 1)
+    x_max, y_max = limits
 
-    def at(epoch: float, value: float) -> tuple[float, float]:
-        return left + (right - left) * epoch / epochs, bottom - (bottom - top) * min(value, high) / high
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + (right - left) * x / x_max, bottom - (bottom - top) * min(y, y_max) / y_max
 
     for step in range(6):
         y = bottom - (bottom - top) * step / 5
         pen.line((left, y, right, y), GRID)
-        pen.text((left - 6, y), f"{high * step / 5:.2f}", INK, small, "rm")
-    every = next(n for n in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, epochs) if n * 6 >= epochs)
-    for epoch in range(0, epochs + 1, every):
-        pen.text((at(epoch, 0)[0], bottom + 6), str(epoch), INK, small, "mt")
+        pen.text((left - 6, y), f"{y_max * step / 5:.2f}", INK, small, "rm")
+    for x, text in x_ticks:
+        pen.text((at(x, 0)[0], bottom + 6), text, INK, small, "mt")
     pen.rectangle((left, top, right, bottom), outline=INK)
     pen.text(((left + right) / 2, 14), title, INK, font(15), "mm")
-    pen.text(((left + right) / 2, size[1] - 10), "epoch", INK, small, "mm")
-    for row, (name, values) in enumerate(zip(SERIES, (training, held), strict=True)):
-        if len(values) > 1:
-            pen.line([at(e, v) for e, v in enumerate(values)], SERIES[name], 2)
-        key = (right - 110, (top + 10 if title == "loss" else bottom - 40) + row * 18)  # away from the lines
-        pen.line((key[0], key[1], key[0] + 20, key[1]), SERIES[name], 3)
+    pen.text(((left + right) / 2, size[1] - 10), x_label, INK, small, "mm")
+    colours = [*SERIES.values(), (44, 160, 44), (214, 39, 40)]
+    for row, (name, points) in enumerate(series.items()):
+        colour = colours[row % len(colours)]
+        if len(points) > 1:
+            pen.line([at(x, y) for x, y in points], colour, 2)
+        key = (right - 110, (top + 10 if key_at_top else bottom - 40) + row * 18)
+        pen.line((key[0], key[1], key[0] + 20, key[1]), colour, 3)
         pen.text((key[0] + 26, key[1]), name, INK, small, "lm")
     return image
 
