@@ -8,14 +8,14 @@
 # install steps only and never written into a layer:
 #   podman build --format docker --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt -t scai .
 # The base image is Debian's; where no registry is reachable, make it from Debian's packages:
-#   mmdebstrap --variant=minbase bookworm - | podman import - docker.io/library/debian:bookworm-slim
+#   deploy/container/debian-base
 
 FROM docker.io/library/debian:bookworm-slim AS system
 # tini is PID 1: it forwards SIGTERM to scai serve (which finishes the batch in hand) and reaps
 # orphaned processes
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv libpython3.11 ca-certificates tini \
- && rm -rf /var/lib/apt/lists/* \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && useradd --system --uid 10001 --home-dir /opt/scai --shell /usr/sbin/nologin scai
 
 FROM system AS build
@@ -30,7 +30,9 @@ COPY . .
 RUN --mount=type=secret,id=ca,required=false \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
  && make install EXTRAS= \
- && rm -rf /root/.cache
+ && rm -rf /root/.cache \
+ && install -d session \
+ && chown -R scai:scai usr session
 
 # The slim variant: the same tree, its venv made again without TensorFlow (and what only it needs);
 # the default detector is the one the build stage converted
@@ -61,16 +63,12 @@ CMD ["serve", "--host", "0.0.0.0", "--port", "5001"]
 
 # Each variant declares its volumes last: a build step after VOLUME would not reach them
 FROM runtime AS slim
-COPY --from=slim-build --chown=root:root /opt/scai /opt/scai
-USER root
-RUN chown -R scai:scai /opt/scai/usr /opt/scai/session
+COPY --from=slim-build /opt/scai /opt/scai
 USER scai
 VOLUME ["/opt/scai/session", "/opt/scai/usr"]
 
 # The default target, last: with TensorFlow
 FROM runtime AS full
-COPY --from=build --chown=root:root /opt/scai /opt/scai
-USER root
-RUN chown -R scai:scai /opt/scai/usr /opt/scai/session
+COPY --from=build /opt/scai /opt/scai
 USER scai
 VOLUME ["/opt/scai/session", "/opt/scai/usr"]
