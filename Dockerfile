@@ -12,14 +12,17 @@
 
 FROM docker.io/library/debian:bookworm-slim AS system
 # tini is PID 1: it forwards SIGTERM to scai serve (which finishes the batch in hand) and reaps
-# orphaned processes
+# orphaned processes. Debian's packages are not pinned to versions: bookworm is a stable release,
+# whose only updates are security fixes, and an exact pin would break the build at the next one.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv libpython3.11 ca-certificates tini \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && useradd --system --uid 10001 --home-dir /opt/scai --shell /usr/sbin/nologin scai
 
 FROM system AS build
-# uwsgi is built from source: a compiler and Python's headers, in this stage only
+# uwsgi is built from source: a compiler and Python's headers, in this stage only (unpinned: as above)
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends make gcc libc6-dev python3.11-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -50,7 +53,7 @@ if r.strip() and not r.startswith(('#', 'tensorflow'))))" > /tmp/slim-requiremen
 
 FROM system AS runtime
 RUN install -d -o scai -g scai /opt/scai /opt/scai/session
-USER scai
+USER 10001
 WORKDIR /opt/scai
 ENV PATH=/opt/scai/.venv/bin:$PATH \
     SCAI_SESSION_DIR=/opt/scai/session \
@@ -64,11 +67,11 @@ CMD ["serve", "--host", "0.0.0.0", "--port", "5001"]
 # Each variant declares its volumes last: a build step after VOLUME would not reach them
 FROM runtime AS slim
 COPY --from=slim-build /opt/scai /opt/scai
-USER scai
+USER 10001
 VOLUME ["/opt/scai/session", "/opt/scai/usr"]
 
 # The default target, last: with TensorFlow
 FROM runtime AS full
 COPY --from=build /opt/scai /opt/scai
-USER scai
+USER 10001
 VOLUME ["/opt/scai/session", "/opt/scai/usr"]
