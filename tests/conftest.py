@@ -265,3 +265,11 @@ def _answers(client) -> bool:
         return client.ping()
     except redis.ConnectionError:
         return False
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory):
+    """Podman with the container harness's own configuration (``tests/containers.py``)."""
+    from containers import engine
+
+    return engine(tmp_path_factory.mktemp("podman"))

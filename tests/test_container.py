@@ -13,73 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import IMAGES, ROOT, free_port, needs_assets, wait_for
+from conftest import IMAGES, free_port, needs_assets, wait_for
+from containers import CA_BUNDLE, Podman, build
 
 pytestmark = [needs_assets, pytest.mark.container]
-ENGINE_MISSING = "podman, mmdebstrap and runc are needed: apt-get install podman mmdebstrap runc"
-BASE = "docker.io/library/debian:bookworm-slim"
-IMAGES_BUILT = {"full": "localhost/scai-test:full", "slim": "localhost/scai-test:slim"}
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-
-
-class Podman:
-    """``podman`` with the harness's own containers.conf."""
-
-    def __init__(self, folder: Path) -> None:
-        # Limits no higher than this process has (raising them is what such hosts forbid; setting
-        # the number of processes even to its own value was refused here, so it gets a lower one)
-        files = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 65536)
-        processes = min(resource.getrlimit(resource.RLIMIT_NPROC)[0] // 2, 4096)
-        conf = folder / "containers.conf"
-        conf.write_text(
-            f'[containers]\ndefault_ulimits = ["nofile={files}:{files}", "nproc={processes}:{processes}"]\n'
-            '[engine]\ncgroup_manager = "cgroupfs"\nruntime = "runc"\n',
-            encoding="utf-8",
-        )
-        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
-
-    def __call__(self, *args: str, timeout: float = 120, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-        run = subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs)
-        if check and run.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)} failed ({run.returncode}): {run.stderr[-3000:]}")
-        return run
-
-
-@pytest.fixture(scope="module")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
-    if not all(shutil.which(tool) for tool in ("podman", "mmdebstrap", "runc")):
-        if os.environ.get("CI") == "true":
-            pytest.fail(ENGINE_MISSING)
-        pytest.skip(ENGINE_MISSING)
-    engine = Podman(tmp_path_factory.mktemp("podman"))
-    if engine("image", "exists", BASE, check=False).returncode != 0:
-        made = subprocess.run(
-            [str(ROOT / "deploy" / "container" / "debian-base")], env=engine.env, capture_output=True, text=True,
-            timeout=900,
-        )  # fmt: skip
-        assert made.returncode == 0, made.stderr[-3000:]
-    return engine
-
-
-def build(podman: Podman, variant: str) -> str:
-    started = time.monotonic()
-    secret = ["--secret", f"id=ca,src={CA_BUNDLE}"] if CA_BUNDLE.is_file() else []
-    tag = IMAGES_BUILT[variant]
-    podman(
-        "build", "--pull=never", "--format", "docker", *secret, "--target", variant, "-t", tag, str(ROOT), timeout=2400
-    )
-    size = int(podman("image", "inspect", tag, "--format", "{{.Size}}").stdout)
-    print(f"built {tag} in {time.monotonic() - started:.0f} s: {size / 1e6:.0f} MB")
-    return tag
 
 
 @pytest.fixture(scope="module")
