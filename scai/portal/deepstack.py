@@ -136,18 +136,27 @@ def predictions(state: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def answer_predictions(
+    found: list[dict[str, Any]], message: str, command: str, state: dict[str, Any], job: str, process_ms: float
+) -> tuple[Response, int]:
+    """A prediction route's answer, in the shape DeepStack and CodeProject.AI clients read."""
+    return jsonify(
+        success=True,
+        message=message,
+        predictions=found,
+        count=len(found),
+        command=command,
+        **timings(state, job, process_ms),
+    ), 200
+
+
 def _detect(model: str) -> tuple[Response, int]:
     state, process_ms = _run(DETECTION, model, {"min_score": _min_confidence()})
     found = predictions(state)
     labels = ", ".join(dict.fromkeys(p["label"] for p in found))
-    return jsonify(
-        success=True,
-        message=f"Found {labels}" if found else "No objects found",
-        predictions=found,
-        count=len(found),
-        command="detect",
-        **timings(state, "detect", process_ms),
-    ), 200
+    return answer_predictions(
+        found, f"Found {labels}" if found else "No objects found", "detect", state, "detect", process_ms
+    )
 
 
 @bp.post("/vision/detection")

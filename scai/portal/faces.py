@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 from werkzeug.datastructures import FileStorage
 
@@ -27,7 +28,7 @@ from scai.config import FACES
 from scai.errors import ConfigError
 from scai.facedb import Faces, check_userid, confidence, open_faces
 from scai.portal import DEEPSTACK_PREFIX
-from scai.portal.deepstack import answer, corners, stored_pixels, timings
+from scai.portal.deepstack import answer, answer_predictions, corners, stored_pixels, timings
 from scai.portal.uploads import accept_upload, fraction, settings, store
 
 bp = Blueprint("faces", __name__, url_prefix=DEEPSTACK_PREFIX)
@@ -101,14 +102,8 @@ def detect() -> tuple[Response, int]:
     started = time.monotonic()
     (state,) = _found([_one_photo()], embed=False, min_confidence=_min_confidence(FACE_CONFIDENCE))
     found = [{"confidence": face["confidence"], **_box(state, face)} for face in state.get("faces") or []]
-    return jsonify(
-        success=True,
-        message=f"Found {len(found)} face{'s' if len(found) != 1 else ''}" if found else "No faces found",
-        predictions=found,
-        count=len(found),
-        command="detect",
-        **timings(state, "face", (time.monotonic() - started) * 1000),
-    ), 200
+    message = f"Found {len(found)} face{'s' if len(found) != 1 else ''}" if found else "No faces found"
+    return answer_predictions(found, message, "detect", state, "face", (time.monotonic() - started) * 1000)
 
 
 @bp.post("/vision/face/recognize")
@@ -131,36 +126,21 @@ def recognize() -> tuple[Response, int]:
         )
     found.sort(key=lambda p: -p["confidence"])
     named = [p["userid"] for p in found if p["userid"] != "unknown"]
-    return jsonify(
-        success=True,
-        message=f"Found {', '.join(named)}" if named else ("No known faces" if found else "No faces found"),
-        predictions=found,
-        count=len(found),
-        command="recognize",
-        **timings(state, "face", (time.monotonic() - started) * 1000),
-    ), 200
+    message = f"Found {', '.join(named)}" if named else ("No known faces" if found else "No faces found")
+    return answer_predictions(found, message, "recognize", state, "face", (time.monotonic() - started) * 1000)
 
 
 @bp.post("/vision/face/register")
 @apikeys.required
 def register() -> tuple[Response, int]:
     started = time.monotonic()
-    try:
-        userid = check_userid(request.form.get("userid"))
-    except ConfigError as error:
-        abort(400, error.message)
+    userid = _userid()
     uploads = _photos()
     if not uploads:
         abort(400, "no image: send one or more files with the userid")
     if len(uploads) > MAX_REGISTER_PHOTOS:
         abort(400, f"{len(uploads)} images: a register takes at most {MAX_REGISTER_PHOTOS}")
-    states = _found(uploads, embed=True, min_confidence=FACE_FOUND)
-    embeddings = []
-    for upload, state in zip(uploads, states, strict=True):
-        face = _largest(state)
-        if face is None:
-            abort(400, f"no face detected in {upload.filename or upload.name or 'the image'}")
-        embeddings.append(face["embedding"])
+    states, embeddings = _embedded(uploads)
     total = faces_db().add(userid, embeddings)
     return jsonify(
         success=True,
@@ -182,11 +162,7 @@ def listed() -> Response:
 @bp.post("/vision/face/delete")
 @apikeys.required
 def delete() -> Response:
-    try:
-        userid = check_userid(request.form.get("userid"))
-    except ConfigError as error:
-        abort(400, error.message)
-    removed = faces_db().delete(userid)
+    removed = faces_db().delete(_userid())
     return jsonify(success=True, message="face deleted" if removed else "no such face", command="delete", code=200)
 
 
@@ -197,15 +173,7 @@ def match() -> tuple[Response, int]:
     uploads = _photos()
     if len(uploads) != 2:
         abort(400, f"match takes exactly two images, not {len(uploads)}")
-    states = _found(uploads, embed=True, min_confidence=FACE_FOUND)
-    pair = []
-    for upload, state in zip(uploads, states, strict=True):
-        face = _largest(state)
-        if face is None:
-            abort(400, f"no face detected in {upload.filename or upload.name or 'an image'}")
-        pair.append(face["embedding"])
-    import numpy as np
-
+    states, pair = _embedded(uploads)
     distance = float(np.linalg.norm(np.asarray(pair[0]) - np.asarray(pair[1])))
     return jsonify(
         success=True,
@@ -214,6 +182,26 @@ def match() -> tuple[Response, int]:
         command="match",
         **timings(states[-1], "face", (time.monotonic() - started) * 1000),
     ), 200
+
+
+def _userid() -> str:
+    """The form's userid, or 400 saying why it cannot be one."""
+    try:
+        return check_userid(request.form.get("userid"))
+    except ConfigError as error:
+        abort(400, error.message)
+
+
+def _embedded(uploads: list[FileStorage]) -> tuple[list[dict[str, Any]], list[list[float]]]:
+    """Each photo's final state and its largest face's embedding; 400 naming a photo without a face."""
+    states = _found(uploads, embed=True, min_confidence=FACE_FOUND)
+    embeddings = []
+    for upload, state in zip(uploads, states, strict=True):
+        face = _largest(state)
+        if face is None:
+            abort(400, f"no face detected in {upload.filename or upload.name or 'the image'}")
+        embeddings.append(face["embedding"])
+    return states, embeddings
 
 
 def _one_photo() -> FileStorage:
