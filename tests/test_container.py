@@ -82,7 +82,7 @@ def test_the_image_alone_serves_checks_its_health_and_stops_losing_nothing(podma
 
 
 def test_the_slim_image_serves_without_tensorflow(podman: Podman, image: str) -> None:
-    """Built after the full one (its build stage is shared): the default models serve, no
+    """Built after the full one (the converted detector's stage is shared): the default models serve, no
     TensorFlow is in it, and it stays under 700 MB, the full one under 2.5 GB."""
     slim = build(podman, "slim")
     assert int(podman("image", "inspect", slim, "--format", "{{.Size}}").stdout) < 700e6
@@ -105,7 +105,8 @@ def test_the_slim_image_serves_without_tensorflow(podman: Podman, image: str) ->
 
 def test_no_layer_holds_the_build_secret(podman: Podman, image: str) -> None:
     """The host's CA bundle came in as a secret: the certificates only the host trusts (the
-    intercepting proxy's) are in no file of the image, and no secret file stayed behind."""
+    intercepting proxy's) are in no file of the image nor in its layers' history, and no secret
+    file stayed behind."""
     if not CA_BUNDLE.is_file():
         pytest.skip("no host CA bundle: nothing was given as a secret")
     debian = podman("run", "--rm", "--entrypoint", "cat", image, str(CA_BUNDLE)).stdout
@@ -119,6 +120,8 @@ def test_no_layer_holds_the_build_secret(podman: Podman, image: str) -> None:
         "run", "--rm", "--entrypoint", "sh", image, "-c", f"grep -rlF {search} / {skip}; true", timeout=600
     ).stdout
     assert found.strip() == "", f"host-only certificates found in the image: {found[:500]}"
+    history = podman("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
+    assert not any(probe in history for probe in probes) and "BEGIN CERTIFICATE" not in history
     assert (
         podman("run", "--rm", "--entrypoint", "test", image, "!", "-e", "/run/secrets/ca", check=False).returncode == 0
     )
