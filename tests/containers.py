@@ -58,11 +58,13 @@ def engine(folder: Path) -> Podman:
     return podman
 
 
-def build(podman: Podman, variant: str, context: Path = ROOT) -> str:
+def build(podman: Podman, variant: str, context: Path = ROOT, pull: str = "") -> str:
+    """The image of ``variant``; ``pull``: catalogue models pulled into it (``--build-arg PULL``)."""
     started = time.monotonic()
     secret = ["--secret", f"id=ca,src={CA_BUNDLE}"] if CA_BUNDLE.is_file() else []
-    tag = IMAGES_BUILT[variant]
+    tag = IMAGES_BUILT[variant] + (f"-{pull.replace(' ', '-')}" if pull else "")
     options = ["--pull=never", "--format", "docker", *secret, "--target", variant, "-t", tag]
+    options += ["--build-arg", f"PULL={pull}"] if pull else []
     podman("build", *options, str(context), timeout=2400)
     size = int(podman("image", "inspect", tag, "--format", "{{.Size}}").stdout)
     print(f"built {tag} in {time.monotonic() - started:.0f} s: {size / 1e6:.0f} MB")

@@ -1,8 +1,9 @@
 """``compose.yaml`` brought up for real with podman-compose (marked ``container``): Redis, a portal,
-two classification workers and a detection worker, sharing no volume. 100 uploads while one
-worker's container is killed from outside (its PID 1, as a crash or the OOM killer would): the
-restart policy brings it back, every session completes once (the store's fence counts), and
-``down`` leaves nothing running. Redis's own image cannot be pulled here: it is made from Debian's
+two classification workers, a detection worker and a face worker (its models pulled at build
+time), sharing no volume. 100 uploads while one worker's container is killed from outside (its
+PID 1, as a crash or the OOM killer would): the restart policy brings it back, every session
+completes once (the store's fence counts), a face registered is recognised, and ``down`` leaves
+nothing running. Redis's own image cannot be pulled here: it is made from Debian's
 ``redis-server`` package on the same base image."""
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import IMAGES, ROOT, free_port, needs_assets, wait_for
+from conftest import ASSETS, IMAGES, ROOT, free_port, needs_assets, wait_for
 from containers import Podman, build
 
 pytestmark = [needs_assets, pytest.mark.container]
 UPLOADS = 100
 REDIS_IMAGE = "localhost/scai-test-redis"
 NGINX_IMAGE = "localhost/scai-test-nginx"
+FACES = ASSETS / "datasets" / "faces"
 
 
 def debian_image(podman: Podman, folder: Path, package: str, tag: str) -> str:
@@ -65,20 +67,21 @@ def compose(
 
 
 def test_compose_up_two_workers_one_killed_every_session_once_then_down(podman: Podman, redis_image: str) -> None:
-    image, port, project = build(podman, "slim"), free_port(), f"scaitest{os.getpid()}"
+    image, port, project = build(podman, "slim", pull="face"), free_port(), f"scaitest{os.getpid()}"
     env = {"SCAI_IMAGE": image, "SCAI_REDIS_IMAGE": redis_image, "SCAI_PORT": str(port), "SCAI_CLASSIFY_WORKERS": "2",
-           "SCAI_CLAIM_LEASE_SECONDS": "5"}  # fmt: skip
+           "SCAI_FACE_WORKERS": "1", "SCAI_CLAIM_LEASE_SECONDS": "5"}  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     compose(podman, env, "-p", project, "up", "-d")
     try:
 
-        def workers() -> int:
+        def workers(kind: str = "classify") -> int:
             try:
-                return requests.get(f"{url}/healthz", timeout=2).json()["jobs"]["classify"]["workers"]
+                return requests.get(f"{url}/healthz", timeout=2).json()["jobs"][kind]["workers"]
             except (requests.RequestException, ValueError, KeyError):
                 return 0
 
         wait_for(lambda: workers() == 2, 120, "two classification workers on the portal's /healthz")
+        wait_for(lambda: workers("face") == 1, 120, "a face worker (models pulled at build time)")
         photo = (IMAGES / "grace_hopper.jpg").read_bytes()
         victim = f"{project}_classify_1"
         done, killed = [], threading.Event()
@@ -110,6 +113,13 @@ def test_compose_up_two_workers_one_killed_every_session_once_then_down(podman: 
         assert counts == ["1"] * UPLOADS, "every session completed exactly once (the store's fence counts)"
         pending = podman("exec", redis, "redis-cli", "XPENDING", "scai:pool:image_classification", "workers")
         assert pending.stdout.splitlines()[0].strip() == "0", pending.stdout
+        people = FACES / "people" / "obama"
+        added = requests.post(f"{url}/v1/vision/face/register", data={"userid": "obama"},
+                              files={"image": (people / "fr_obama.jpg").read_bytes()}, timeout=60)  # fmt: skip
+        assert added.status_code == 200 and added.json()["success"] is True, added.text
+        other = (people / "fr_obama2.jpg").read_bytes()
+        found = requests.post(f"{url}/v1/vision/face/recognize", files={"image": other}, timeout=60).json()
+        assert [face["userid"] for face in found["predictions"]] == ["obama"], found
     finally:
         compose(podman, env, "-p", project, "down")
     left = left_running(podman, project)
@@ -127,7 +137,7 @@ def test_compose_behind_nginx_serves_the_api_static_files_and_its_json_errors(
     the portal under the rendered uwsgi.ini on a socket volume. Static files come from nginx's
     disk (its ``expires`` header, which the portal does not send), uploads go through to the
     workers, and an upload over the limit gets nginx's JSON 413."""
-    image, port, project = build(podman, "slim"), free_port(), f"scaitestnginx{os.getpid()}"
+    image, port, project = build(podman, "slim", pull="face"), free_port(), f"scaitestnginx{os.getpid()}"
     env = {"SCAI_IMAGE": image, "SCAI_REDIS_IMAGE": redis_image, "SCAI_NGINX_IMAGE": nginx_image,
            "SCAI_NGINX_PORT": str(port), "SCAI_PORT": str(free_port())}  # fmt: skip
     files = ("compose.yaml", "compose.nginx.yaml")
