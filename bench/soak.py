@@ -67,7 +67,8 @@ from compare import stop_on_sigterm  # bench/, this script's folder
 from PIL import Image
 from trickle import Trickle
 
-from scai.sessions import SESSION_ID_RE, SessionStore
+from scai.config import Settings
+from scai.store import SESSION_ID_RE, open_store
 from scai.supervisor import STARTED_SECONDS, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -674,7 +675,8 @@ class Poisoner:
 
     def __init__(self, server: Server, clock: Clock, every: float) -> None:
         self.server, self.clock, self.every = server, clock, every
-        self.store = SessionStore(server.session_dir)
+        # the soak's server keeps a session folder; ``holder`` (who locks a claim) is the folder's
+        self.store: Any = open_store(Settings(session_dir=server.session_dir))
         self.sent: list[Poison] = []
         self.kills = 0  # SIGKILLs the report must not count as unplanned deaths
 

@@ -37,7 +37,7 @@ from typing import IO
 
 from scai import config
 from scai.errors import ConfigError, DownloadError, Interrupted
-from scai.sessions import atomic_write
+from scai.files import atomic_write
 
 CHUNK = 256 * 1024
 #: Seconds a connection may stay silent, and the slowest rate a download may keep: past

@@ -233,18 +233,13 @@ def add_clean_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_clean(args: argparse.Namespace) -> int:
-    from scai.cleanup import clean
     from scai.store import open_store
 
     settings = config.Settings.from_env(
         session_dir=args.sessionpath, keep_seconds=args.keeptimeperoid, store=getattr(args, "store", None)
     )
-    if settings.store:
-        where = settings.store
-        removed, kept = open_store(settings).clean(settings.keep_seconds)
-    else:
-        where = str(settings.session_dir)
-        removed, kept = clean(settings.session_dir, settings.keep_seconds)
+    where = settings.store or str(settings.session_dir)
+    removed, kept = open_store(settings).clean(settings.keep_seconds)
     print(f"removed {len(removed)} sessions, kept {kept} (in {where})")
     for session_id in removed:
         print(f"removed {session_id}")

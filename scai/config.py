@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scai.errors import BrokenConfig, ConfigError
+from scai.files import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The memory file system the default metrics folder lives on.
@@ -501,8 +502,6 @@ def pick_model(models: dict[str, ModelSpec], name: str | None) -> ModelSpec:
 def write_section(path: Path, name: str, keys: dict[str, str]) -> None:
     """Add section ``[name]`` to an INI file, or replace it, keeping every other line (and the
     comments that document the file) as it was. Written atomically."""
-    from scai.sessions import atomic_write
-
     path = Path(path)
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     block = [f"[{name}]", *(f"{key} = {value}" for key, value in keys.items())]

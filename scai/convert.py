@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from scai.errors import ConfigError
-from scai.sessions import atomic_write
+from scai.files import atomic_write
 
 #: The tensor the graph's preprocessing loop leaves the resized images in: the converted input.
 RESIZED = "Preprocessor/map/TensorArrayStack/TensorArrayGatherV3"

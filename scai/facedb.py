@@ -31,7 +31,7 @@ import numpy as np
 
 from scai.config import Settings
 from scai.errors import ConfigError
-from scai.sessions import atomic_write
+from scai.files import atomic_write
 
 MIDPOINT = 0.585
 SLOPE = 25.0

@@ -3,8 +3,9 @@ job mode. Kept apart from ``worker`` (the loop inside a worker process) so that 
 starts job-mode workers, never imports the worker's machinery.
 
 Job mode starts a worker process for an upload only while fewer than ``workers`` processes of
-that job kind run; each holds a slot (``SessionStore.take_slot``) and drains the pool before it
-exits, so uploads beyond the bound wait in the pool instead of each starting a TensorFlow process.
+that job kind run; each holds a slot (``JobModeStore.take_slot``: job mode runs on the session
+folder only) and drains the pool before it exits, so uploads beyond the bound wait in the pool
+instead of each starting a TensorFlow process.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import cast
 
 from scai import config
 from scai.config import Settings
-from scai.sessions import SessionStore
+from scai.store import JobModeStore, open_store
 from scai.supervisor import Child, Supervisor
 
 log = logging.getLogger("scai.launcher")
@@ -78,7 +80,7 @@ def start_job_worker(settings: Settings, job: str) -> subprocess.Popen | None:
     so it takes this upload too). The slot is taken here and handed to the child, which inherits
     the lock: the bound holds across every portal process, with no window. Reaped by a thread."""
     slots = settings.worker_processes(job)
-    slot = SessionStore(settings.session_dir).take_slot(job, slots)
+    slot = cast(JobModeStore, open_store(settings)).take_slot(job, slots)  # job mode: the folder's
     if slot is None:
         return None
     try:

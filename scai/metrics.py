@@ -27,7 +27,7 @@ from typing import Any
 
 from scai.config import ALIAS_OF_JOB, JOBS, Settings, load_models
 from scai.errors import StoreUnavailable
-from scai.sessions import is_session_id
+from scai.store import is_session_id
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Request latencies, and inference times (a TFLite model takes milliseconds, a TF1 detector on a

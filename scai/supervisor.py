@@ -9,7 +9,7 @@ ran ``STARTED_SECONDS`` before it died had started fine: its death begins a new 
 delay, so a worker killed now and then (out of memory, an operator) is always brought back.
 When every child is down for good, or an ``essential`` one is (the portal), the supervisor stops
 the rest and exits non-zero, so that systemd sees the failure too. Nothing needs cleaning up after a death: a dead
-worker's claims go back to the pool at the next rescan of any worker (see ``sessions``).
+worker's claims are handed out again at a later recovery by any worker (see ``scai.store``).
 
 A worker child also beats a heartbeat file of the supervisor's (``beat``) from its loop. Its
 first beat means it has started well (it loaded its models and serves), like systemd's

@@ -1,10 +1,13 @@
-"""The worker daemon: watch the pool, claim markers, run them through the model, write results.
+"""The worker daemon: claim waiting sessions of one job kind, run them through the model, write
+the results.
 
-Runtime mode keeps models loaded and learns of new markers from inotify on the pool (the event
-names the session, so a claim needs no scan of the pool); a rescan every few seconds, whatever the
-load, takes back markers of workers that died and picks up anything an event missed. Job mode runs
-the same code once for one session and exits. Any number of workers may share one pool: claims
-are exclusive (see ``sessions``), so each session is processed exactly once.
+A worker speaks only the session store's interface (``scai.store``), so the same loop serves the
+session folder and Redis. Runtime mode keeps models loaded and takes sessions from its queue as
+they arrive (the store wakes it: no polling); a recovery every ``rescan_seconds``, whatever the
+load, takes back the claims of workers that died or hang. Job mode (the session folder only) runs
+the same code over what is pending, then exits. Any number of workers, on one machine or
+several, may share a job kind: a claim is one worker's, and ``finish`` writes only while it still
+is, so each session is completed exactly once.
 
 A worker claims what is waiting, never waiting for a batch to fill: up to ``batch_size`` where a
 model runs a batch in one call faster than one by one, else one at a time, so that sibling worker
@@ -22,22 +25,23 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, cast
 
 from scai import config, imaging, liveness, metrics, supervisor
 from scai.config import ConfigError, Settings
-from scai.errors import StoreUnavailable
-from scai.sessions import (
+from scai.store import (
     COMPLETE,
     FAILURE,
     FINAL_STATES,
     IMAGE,
     SERVER,
     Claim,
+    JobModeStore,
     SessionNotFound,
     SessionStore,
+    StoreUnavailable,
+    open_store,
 )
-from scai.store import open_store
 from scai.tasks import Item, Task, task_for
 
 log = logging.getLogger("scai.worker")
@@ -69,7 +73,7 @@ class Worker:
         self.engines: dict[str, tuple[config.ModelSpec, Any]] = {}
         self.stopping = threading.Event()
         self._stop_read, self._stop_write = os.pipe()
-        #: This worker's name in the pool's heartbeats (``/healthz`` counts the fresh ones).
+        #: This worker's name in the store's heartbeats (``/healthz`` counts the fresh ones).
         self.name = liveness.own_name()
         self.last_beat = 0.0
         self.next_rescan = 0.0
@@ -241,9 +245,8 @@ class Worker:
 
     def _record(self, claim: Claim, known: dict[str, Any], fields: dict[str, Any]) -> bool:
         """Write a final state and drop the claim; True if written. A session that vanished
-        needs nothing more. One that cannot be written (a full disk) keeps its marker, unlocked:
-        the next recovery puts it back in the pool, so it is retried every ``rescan_seconds``
-        until space is freed, and the worker goes on."""
+        needs nothing more. One that cannot be written (a full disk) is released: a later
+        recovery hands it out again, so it is retried until space is freed, and the worker goes on."""
         try:
             written = self.store.finish(claim, fields, known)
         except OSError as error:
@@ -305,23 +308,24 @@ class Worker:
         job kind (``held``: one handed over by the portal), everything pending, then return.
         Without a free slot it returns at once: the slot holders drain the pool, and each looks
         at the pool again after letting its slot go, so no session queued meanwhile is left behind."""
+        store = cast(JobModeStore, self.store)  # the session folder: open_store refuses job mode on Redis
         if session_id is None:
             taken = 0
-            slot = held if held is not None else self.store.take_slot(self.job, slots)
-            number = self.store.slot_number(slot) if slot is not None else None
+            slot = held if held is not None else store.take_slot(self.job, slots)
+            number = store.slot_number(slot) if slot is not None else None
             if number is not None:  # this process's metric files are the slot's, not the pid's
                 # slot numbers are exclusive within one session folder; several may share metrics
                 metrics.identify(f"{self.job}-slot{number}-{config.folder_tag(self.settings.session_dir)}")
             while slot is not None:
                 try:
-                    self.store.recover(self.job)  # claims of a job process that died, or could not write
+                    store.recover(self.job)  # claims of a job process that died, or could not write
                     taken += self.drain()
                 finally:
                     os.close(slot)
                 # only its own slot again: its metric files may only be written by that slot's holder
-                slot = self.store.take_slot(self.job, slots, only=number) if self.store.pending(self.job) else None
+                slot = store.take_slot(self.job, slots, only=number) if store.pending(self.job) else None
             return taken
-        claim = self.store.claim(self.job, session_id)
+        claim = store.claim(self.job, session_id)
         if claim is None:
             log.info("session %s is not pending (taken by another worker?)", session_id)
             return 0
@@ -349,7 +353,7 @@ def run(
     slot_fd: int | None = None,
 ) -> int:
     """The ``scai worker`` command: runtime mode serves until stopped, job mode once.
-    ``siblings``: how many worker processes share this pool (and the cores) with this one."""
+    ``siblings``: how many worker processes share this job kind (and the cores) with this one."""
     worker = Worker(settings, job, siblings)
     if mode == "job":
         worker.run_job(session, siblings, slot_fd)

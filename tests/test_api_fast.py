@@ -9,9 +9,8 @@ import os
 import pytest
 from fakes import tiny_png, upload
 
-from scai import sessions
-from scai.cleanup import clean
-from scai.sessions import SessionStore
+from scai.store import folder
+from scai.store.folder import FolderStore
 
 
 def test_upload_then_result_through_the_worker(client, worker) -> None:
@@ -29,7 +28,7 @@ def test_upload_then_result_through_the_worker(client, worker) -> None:
 def test_not_an_image_is_400_and_leaves_no_session(client, settings) -> None:
     refused = upload(client, b"GIF89a but not really")
     assert refused.status_code == 400 and refused.json["status"] == 400 and "image" in refused.json["message"]
-    assert SessionStore(settings.session_dir).sessions() == []
+    assert FolderStore(settings.session_dir).sessions() == []
 
 
 def test_an_unknown_model_is_400_json(client) -> None:
@@ -41,7 +40,7 @@ def test_a_full_disk_is_507_json_and_leaves_no_empty_folder(client, settings, mo
     def full(*_: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sessions, "write_json", full)  # the upload itself was written, its state not
+    monkeypatch.setattr(folder, "write_json", full)  # the upload itself was written, its state not
     refused = upload(client, tiny_png())
     assert refused.status_code == 507, refused.data
     assert refused.json == {
@@ -49,22 +48,22 @@ def test_a_full_disk_is_507_json_and_leaves_no_empty_folder(client, settings, mo
         "message": "the server's disk is full: the upload was not stored; try again later",
         "status": 507,
     }
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     assert store.sessions() == [] and store.pending("image_classification") == []
     monkeypatch.undo()
     assert upload(client, tiny_png()).status_code == 202, "uploads work again once space is free"
 
 
 def test_the_cleaner_leaves_a_session_being_created_alone(settings, monkeypatch) -> None:
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     seen = []
 
     def clean_meanwhile(path, value) -> None:  # the cleaner runs between the upload and its state
-        seen.append(clean(settings.session_dir, 0))
+        seen.append(FolderStore(settings.session_dir).clean(0))
         original(path, value)
 
-    original = sessions.write_json
-    monkeypatch.setattr(sessions, "write_json", clean_meanwhile)
+    original = folder.write_json
+    monkeypatch.setattr(folder, "write_json", clean_meanwhile)
     session_id, _ = store.create("image_classification", "default", tiny_png(), "png", "a.png")
     assert seen == [([], 1)], "the half-made session was kept, even with a keep time of 0"
     assert store.state(session_id)["state"] == "initialization" and store.pending("image_classification")
@@ -80,7 +79,7 @@ def test_a_full_disk_at_the_folder_itself_is_507(client, settings, monkeypatch) 
     def no_inodes(*_: object, **__: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sessions.Path, "mkdir", no_inodes)
+    monkeypatch.setattr(folder.Path, "mkdir", no_inodes)
     assert upload(client, tiny_png()).status_code == 507
 
 
@@ -98,7 +97,7 @@ def test_job_mode_answers_202_when_no_worker_process_can_start(settings, monkeyp
     monkeypatch.setattr("scai.launcher.subprocess.Popen", refuse)
     accepted = upload(job_mode(settings), tiny_png())
     assert accepted.status_code == 202, "stored and queued: a later worker takes it"
-    assert SessionStore(settings.session_dir).pending("image_classification") == [accepted.json["sessname"]]
+    assert FolderStore(settings.session_dir).pending("image_classification") == [accepted.json["sessname"]]
 
 
 def test_job_mode_starts_a_worker_for_a_waiting_session_whose_worker_died(settings) -> None:
@@ -106,7 +105,7 @@ def test_job_mode_starts_a_worker_for_a_waiting_session_whose_worker_died(settin
     starts a worker (here it fails the session: the fake model file does not exist)."""
     from conftest import wait_for
 
-    client, store = job_mode(settings), SessionStore(settings.session_dir)
+    client, store = job_mode(settings), FolderStore(settings.session_dir)
     holder = store.take_slot("image_classification", settings.worker_processes("image_classification"))
     accepted = upload(client, tiny_png())
     session_id, key = accepted.json["sessname"], accepted.json["sesskey"]

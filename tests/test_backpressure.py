@@ -11,7 +11,7 @@ from PIL import Image
 
 from scai.config import Settings
 from scai.portal import create_app
-from scai.sessions import SessionStore
+from scai.store.folder import FolderStore
 
 JOB = "image_classification"
 
@@ -32,7 +32,7 @@ def test_uploads_past_the_queue_limit_get_503_with_retry_after(tmp_path: Path) -
     refused = upload()
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
     assert "2 sessions already wait" in refused.json["message"]
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     assert len(store.sessions()) == 2, "a refused upload leaves no session behind"
     claim = store.claim(JOB, accepted[0].json["sessname"])  # a worker takes one: room again
     assert upload().status_code == 202

@@ -14,7 +14,8 @@ from fakes import FakeTask, tiny_png, upload, write_fake_usr
 
 from scai.config import CLASSIFICATION, DETECTION, Settings, load_models
 from scai.portal import create_app
-from scai.sessions import FAILURE, SERVER, SessionStore
+from scai.store import FAILURE, SERVER
+from scai.store.folder import FolderStore
 from scai.worker import Worker
 
 BAD_SECTIONS = """
@@ -67,7 +68,7 @@ def test_the_worker_serves_the_good_models_and_fails_only_the_broken_ones_sessio
     sent = {name: upload(client, tiny_png(), f"/api/v1/classify?wait=0&model={name}") for name in ("default", "size")}
     assert all(answer.status_code == 202 for answer in sent.values()), "the broken model's uploads are taken"
     worker.drain()
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     good, bad = (store.state(sent[name].json["sessname"]) for name in ("default", "size"))
     assert good["state"] == "complete"
     assert bad["state"] == FAILURE and bad["fault"] == SERVER
@@ -82,7 +83,7 @@ def test_an_unknown_format_or_a_missing_file_does_not_stop_a_real_worker(setting
     client = create_app(settings).test_client()
     sent = [upload(client, tiny_png(), f"/api/v1/classify?wait=0&model={name}").json for name in ("onnx", "gone")]
     worker.drain()
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     onnx, gone = (store.state(answer["sessname"]) for answer in sent)
     assert onnx["state"] == FAILURE and onnx["message"].startswith("model 'onnx' unavailable: cannot tell the format")
     assert gone["state"] == FAILURE and "does not exist" in gone["message"]
@@ -90,7 +91,7 @@ def test_an_unknown_format_or_a_missing_file_does_not_stop_a_real_worker(setting
 
 def test_health_names_broken_models_and_a_broken_default_is_503(settings: Settings) -> None:
     client = create_app(settings).test_client()
-    SessionStore(settings.session_dir).beat(CLASSIFICATION, "host-1")
+    FolderStore(settings.session_dir).beat(CLASSIFICATION, "host-1")
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json["status"] == "ok", health.json
     broken = health.json["jobs"]["classify"]["broken_models"]

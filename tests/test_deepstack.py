@@ -242,9 +242,9 @@ def test_keys_set_while_serving(served: Server) -> None:
 def test_answered_requests_leave_no_session_behind(served: Server) -> None:
     from conftest import wait_for
 
-    from scai.sessions import SessionStore
+    from scai.store.folder import FolderStore
 
-    store = SessionStore(served.session_dir)
+    store = FolderStore(served.session_dir)
     before = set(store.sessions())
     client = DeepstackObject(ip="127.0.0.1", port=served.port, timeout=60)
     for _ in range(10):

@@ -249,9 +249,9 @@ def test_a_client_cannot_invent_metric_series(tmp_path) -> None:
 
 
 def test_a_request_no_worker_answers_in_time_is_503_and_cancelled(tmp_path) -> None:
-    from scai.sessions import SessionStore
+    from scai.store.folder import FolderStore
 
     settings = make_settings(tmp_path, max_wait_seconds=0.2)  # no worker runs
     answer = post(create_app(settings).test_client(), "/v1/vision/detection", tiny_png())
     assert answer.status_code == 503 and answer.json["success"] is False
-    assert SessionStore(settings.session_dir).sessions() == [], "nobody can ask for it again"
+    assert FolderStore(settings.session_dir).sessions() == [], "nobody can ask for it again"

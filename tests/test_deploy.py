@@ -20,7 +20,8 @@ from conftest import IMAGES, ROOT, age, free_port, needs_assets, stop, wait_for,
 
 from scai.config import cpu_count
 from scai.deploy import Installation, RenderError, render
-from scai.sessions import PROCESSING, SessionStore
+from scai.store import PROCESSING
+from scai.store.folder import FolderStore
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 UWSGI = Path(sys.executable).parent / "uwsgi"
@@ -293,7 +294,7 @@ def test_render_refuses_an_unknown_user(tmp_path: Path) -> None:
 
 
 def test_clean_runs_as_the_cron_line_runs_it(deployment: Deployment) -> None:
-    store = SessionStore(deployment.installation.session_dir)
+    store = FolderStore(deployment.installation.session_dir)
     photo = (IMAGES / "parrot.jpg").read_bytes()
     old, fresh, busy = (store.create("image_classification", "default", photo, "jpg", "p.jpg")[0] for _ in range(3))
     wait_for(lambda: all(store.state(s)["state"] == "complete" for s in (old, fresh, busy)), 30, "the workers")

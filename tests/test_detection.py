@@ -30,7 +30,7 @@ from object_detection import label_map
 from scai import config
 from scai.config import ConfigError, ModelSpec
 from scai.engines import load_detector
-from scai.sessions import SessionStore
+from scai.store.folder import FolderStore
 
 pytestmark = [needs_assets, pytest.mark.slow]
 
@@ -270,7 +270,7 @@ def test_a_model_of_the_wrong_layout_fails_its_sessions_not_the_worker(tmp_path:
     (tmp_path / "object_detection.config").write_text(f"[default]\nPATH_TO_CKPT = {path}\n")
     with pytest.raises(ConfigError, match=re.escape(missing)):
         load_detector(config.load_models(tmp_path, config.DETECTION)["default"])
-    store = SessionStore(tmp_path / "s")
+    store = FolderStore(tmp_path / "s")
     session, _ = store.create(config.DETECTION, "default", (IMAGES / "grace_hopper.jpg").read_bytes(), "jpg", "p.jpg")
     log = tmp_path / "worker.log"
     command = scai_command("worker", "detect", "--usr", str(tmp_path), "--session-dir", str(tmp_path / "s"))

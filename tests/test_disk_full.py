@@ -16,7 +16,8 @@ from fakes import FakeTask, upload, write_fake_usr
 
 from scai.config import CLASSIFICATION, Settings
 from scai.portal import create_app
-from scai.sessions import COMPLETE, SessionStore
+from scai.store import COMPLETE
+from scai.store.folder import FolderStore
 from scai.worker import Worker
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
@@ -60,7 +61,7 @@ def test_a_full_disk_refuses_uploads_keeps_the_worker_and_resumes(disk: Path, tm
     assert refused.status_code == 507 and refused.json["status"] == 507 and "disk is full" in refused.json["message"]
     health = client.get("/healthz")
     assert health.status_code == 503 and health.json["status"].startswith("disk full: 0 MB free"), health.json
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     assert store.sessions() == [waiting], "the refused upload left no folder"
 
     assert worker.drain() == 1, "the worker took the session and did not die"

@@ -1,6 +1,6 @@
 """Workers that die or hang under a real ``scai serve`` on the session folder: an upload that kills
 every worker that takes it fails after 3 and the job kind keeps serving; ``/healthz`` counts only
-workers that exist. (The store's and the supervisor's parts are tested in ``test_sessions`` and
+workers that exist. (The store's and the supervisor's parts are tested in ``test_store_folder`` and
 ``test_supervisor``.)"""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from conftest import IMAGES, Server, needs_assets, wait_for
 from PIL import Image
 
 from scai.config import CLASSIFICATION
-from scai.sessions import FINAL_STATES, SessionStore
+from scai.store import FINAL_STATES
+from scai.store.folder import FolderStore
 
 pytestmark = [needs_assets, pytest.mark.slow]
 
@@ -44,7 +45,7 @@ def test_an_upload_that_kills_its_workers_fails_after_three_and_the_job_kind_kee
     tmp_path: Path, usr: Path
 ) -> None:
     server = Server(tmp_path / "session", usr, tmp_path / "serve.log", "--workers", "2", env=FAST)
-    store = SessionStore(server.session_dir)
+    store = FolderStore(server.session_dir)
     try:
         answer = requests.post(f"{server.url}/api/v1/classify", files={"photo": ("big.png", large_png())}, timeout=60)
         session_id, key = answer.json()["sessname"], answer.json()["sesskey"]

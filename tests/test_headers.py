@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scai.config import Settings
 from scai.portal import create_app
-from scai.sessions import SessionStore
+from scai.store.folder import FolderStore
 
 
 def test_every_answer_has_the_security_headers(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_every_answer_has_the_security_headers(tmp_path: Path) -> None:
 
 def test_an_upload_is_served_inline_under_our_own_name(tmp_path: Path) -> None:
     settings = Settings(session_dir=tmp_path / "session", usr_dir=tmp_path / "usr")
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     session_id, key = store.create("image_classification", "default", b"<html>x</html>", "jpg", "evil.html")
     response = create_app(settings).test_client().get(f"/api/v1/sessions/{session_id}/input?key={key}")
     assert response.status_code == 200 and response.mimetype == "image/jpeg"

@@ -11,7 +11,7 @@ import pytest
 
 from scai.config import Settings
 from scai.portal import create_app
-from scai.sessions import SessionStore
+from scai.store.folder import FolderStore
 
 JOB = "image_classification"
 
@@ -27,7 +27,7 @@ def settings(tmp_path: Path) -> Settings:
 
 def test_no_live_worker_is_unhealthy_and_a_heartbeat_makes_it_healthy(settings: Settings) -> None:
     client = create_app(settings).test_client()
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     missing = client.get("/healthz")
     assert missing.status_code == 503 and missing.json["status"] == "no live classify worker"
     store.beat(JOB, "host-1")
@@ -43,7 +43,7 @@ def test_no_live_worker_is_unhealthy_and_a_heartbeat_makes_it_healthy(settings: 
 
 
 def test_queue_depth_and_oldest_wait_are_reported(settings: Settings) -> None:
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     store.beat(JOB, "host-1")
     first, _ = store.create(JOB, "default", b"x", "png", "a.png")
     store.create(JOB, "default", b"x", "png", "b.png")

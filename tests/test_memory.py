@@ -15,7 +15,8 @@ from fakes import tiny_png
 from PIL import Image
 
 from scai.config import CLASSIFICATION, DETECTION, JOB_ALIASES
-from scai.sessions import FINAL_STATES, SessionStore
+from scai.store import FINAL_STATES
+from scai.store.folder import FolderStore
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def run_all(store: SessionStore, job: str, image: bytes, ext: str, count: int) -> None:
+def run_all(store: FolderStore, job: str, image: bytes, ext: str, count: int) -> None:
     ids = [store.create(job, "default", image, ext, f"a.{ext}")[0] for _ in range(count)]
     wait_for(lambda: all(store.state(i)["state"] in FINAL_STATES for i in ids), 120, f"{count} sessions")
     assert {store.state(i)["state"] for i in ids} == {"complete"}
@@ -55,7 +56,7 @@ def test_huge_declared_images_cost_one_scaled_image_not_gigabytes(tmp_path: Path
     usr = tmp_path / "usr"
     usr.mkdir()
     (usr / f"{job}.config").write_text(CONFIGS[job])
-    store = SessionStore(tmp_path / "session")
+    store = FolderStore(tmp_path / "session")
     alias = {v: k for k, v in JOB_ALIASES.items()}[job]
     command = scai_command("worker", alias, "--workers", "1", "--session-dir", str(store.root), "--usr", str(usr))
     worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

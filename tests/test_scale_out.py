@@ -26,7 +26,7 @@ import requests
 from conftest import IMAGES, ROOT, Server, needs_assets, scai_command, stop, wait_for
 
 from scai.config import CLASSIFICATION, load_models
-from scai.sessions import SessionStore
+from scai.store.folder import FolderStore
 from scai.store.redis_streams import GROUP, RedisStore
 from scai.tasks import classify_file
 
@@ -93,7 +93,7 @@ def test_two_portals_three_workers_kill_9_every_session_once(tmp_path: Path, usr
         holders = lambda: redis_holders(client, store._pool(CLASSIFICATION))  # noqa: E731
     else:
         shared = tmp_path / "session"
-        store, args = SessionStore(shared), []
+        store, args = FolderStore(shared), []
         holders = lambda: folder_holders(store.claimed(CLASSIFICATION))  # noqa: E731
     portals = [
         Server(shared or tmp_path / f"portal{i}" / "session", usr, tmp_path / f"portal{i}.log", *args, "--portal-only",

@@ -16,7 +16,7 @@ from PIL import Image
 
 from scai import imaging
 from scai.config import CLASSIFICATION, DETECTION, ModelSpec, Settings
-from scai.sessions import SessionStore
+from scai.store.folder import FolderStore
 from scai.tasks import DetectionTask, Item, annotated_png
 from scai.worker import Worker
 
@@ -134,7 +134,7 @@ def test_drafted_detection_keeps_the_boxes_and_draws_at_the_upload_size(tmp_path
 def test_draft_decoding_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
     monkeypatch.setenv("SCAI_DRAFT_DECODE", setting)
     settings = Settings.from_env(session_dir=tmp_path / "session", usr_dir=write_usr(tmp_path / "usr"))
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     session_id, _ = store.create(CLASSIFICATION, "default", twelve_megapixels(), "jpg", "big.jpg")
     worker = Worker(settings, CLASSIFICATION)
     (claim,) = [store.claim(CLASSIFICATION, session_id)]
@@ -159,7 +159,7 @@ def test_a_broken_session_or_model_fails_its_session_and_the_worker_goes_on(tmp_
     with (usr / "image_classification.config").open("a") as config:
         config.write(f"\n[broken]\nGRAPH = {tmp_path / 'broken.tflite'}\n")
     settings = Settings(session_dir=tmp_path / "session", usr_dir=usr)
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     photo = (IMAGES / "parrot.jpg").read_bytes()
     unreadable, _ = store.create(CLASSIFICATION, "default", photo, "jpg", "a.jpg")
     (store.path(unreadable) / "process.json").write_text("{")
@@ -175,7 +175,7 @@ def test_a_worker_holds_the_image_at_the_model_size_right_after_decoding(tmp_pat
     """However large the upload (a 7000x7000 PNG here) or the batch, what a worker keeps until the
     model runs is the model's input, not the photo."""
     settings = Settings(session_dir=tmp_path / "session", usr_dir=write_usr(tmp_path / "usr"))
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     buffer = io.BytesIO()
     Image.new("RGB", (7000, 7000), "teal").save(buffer, "PNG")
     session_id, _ = store.create(CLASSIFICATION, "default", buffer.getvalue(), "png", "big.png")

@@ -12,7 +12,7 @@ from fakes import POISON, FakeTask, tiny_png, upload, write_fake_usr
 
 from scai.config import CLASSIFICATION, Settings
 from scai.portal import create_app
-from scai.sessions import SessionStore
+from scai.store.folder import FolderStore
 from scai.worker import Worker
 
 
@@ -130,5 +130,5 @@ def test_a_deepstack_answer_leaves_no_session_behind(client, settings) -> None:
 
         left = list(redis.Redis.from_url(settings.store).scan_iter(match="scai:session:*"))
     else:
-        left = SessionStore(settings.session_dir).sessions()
+        left = FolderStore(settings.session_dir).sessions()
     assert left == []

@@ -103,7 +103,7 @@ def test_a_worker_that_serves_and_is_then_killed_by_its_upload_is_never_given_up
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Its first heartbeat says it started well, however soon it dies: an upload that kills
-    workers fails after 3 of them (see ``sessions``); the job kind must not go down for good."""
+    workers fails after 3 of them (see ``scai.store``); the job kind must not go down for good."""
     caplog.set_level(logging.WARNING, "scai.supervisor")
     victim = Child("victim", [sys.executable, "-c", BEATS + "os.kill(os.getpid(), 9)"], hang_seconds=60)
     supervisor = Supervisor([victim], burst=3, window=60)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from scai.config import Settings
 from scai.portal import create_app
-from scai.sessions import SessionStore
+from scai.store.folder import FolderStore
 
 JOB = "image_classification"
 
 
 def test_a_session_removed_during_a_wait_is_404(tmp_path: Path) -> None:
     settings = Settings(session_dir=tmp_path / "session", usr_dir=tmp_path / "usr")
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     session_id, key = store.create(JOB, "default", b"x", "png", "a.png")
     remover = threading.Timer(0.3, shutil.rmtree, args=(store.path(session_id),))
     remover.start()
@@ -29,7 +29,7 @@ def test_a_session_removed_during_a_wait_is_404(tmp_path: Path) -> None:
 
 def test_the_key_may_come_in_a_header_and_then_stays_out_of_links(tmp_path: Path) -> None:
     settings = Settings(session_dir=tmp_path / "session", usr_dir=tmp_path / "usr")
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     session_id, key = store.create(JOB, "default", b"x", "png", "a.png")
     client = create_app(settings).test_client()
     by_header = client.get(f"/api/v1/sessions/{session_id}", headers={"X-Session-Key": key})

@@ -10,15 +10,16 @@ import shutil
 import pytest
 from fakes import POISON, FakeTask, tiny_png
 
-from scai import sessions
+from scai import files
 from scai.config import CLASSIFICATION
-from scai.sessions import COMPLETE, FAILURE, PROCESSING, SessionStore
+from scai.store import COMPLETE, FAILURE, PROCESSING, folder
+from scai.store.folder import FolderStore
 from scai.worker import Worker
 
 JOB = CLASSIFICATION
 
 
-def queue(store: SessionStore, color: tuple[int, int, int] = (0, 128, 255), model: str = "default") -> str:
+def queue(store: FolderStore, color: tuple[int, int, int] = (0, 128, 255), model: str = "default") -> str:
     session_id, _ = store.create(JOB, model, tiny_png(color), "png", "a.png")
     return session_id
 
@@ -68,7 +69,7 @@ def test_a_full_disk_sends_the_session_back_and_it_completes_once_space_is_free(
     def full(*_: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sessions, "atomic_write", full)
+    monkeypatch.setattr(files, "atomic_write", full)
     assert worker.drain() == 1, "the worker took it and lived"
     assert worker.store.state(session_id)["state"] == PROCESSING, "not failed with a false message"
     monkeypatch.undo()  # space is free again
@@ -101,7 +102,7 @@ def test_a_session_removed_after_its_model_ran_does_not_come_back(worker: Worker
 
 
 def test_job_mode_runs_at_most_n_processes_and_the_slot_holder_drains_the_pool(settings) -> None:
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     held = [store.take_slot(JOB, 2), store.take_slot(JOB, 2)]
     assert None not in held and store.take_slot(JOB, 2) is None, "a third process would exit at once"
     ids = [queue(store) for _ in range(3)]
@@ -114,7 +115,7 @@ def test_job_mode_runs_at_most_n_processes_and_the_slot_holder_drains_the_pool(s
 
 def test_job_mode_takes_back_a_claim_its_predecessor_could_not_finish(settings) -> None:
     """A job process that died, or could not write its result, left a claim: the next one runs it."""
-    store = SessionStore(settings.session_dir)
+    store = FolderStore(settings.session_dir)
     session_id = queue(store)
     store.release(store.claim(JOB, session_id))
     assert store.pending(JOB) == []
@@ -132,7 +133,7 @@ def test_a_claim_that_fails_midway_holds_no_lock(worker: Worker, monkeypatch: py
             raise OSError(errno.ENOSPC, "No space left on device")
         real_rename(source, target)
 
-    monkeypatch.setattr(sessions.os, "rename", rename_once_full)
+    monkeypatch.setattr(folder.os, "rename", rename_once_full)
     with pytest.raises(OSError), worker.store.queue(JOB, watch=False) as pool:
         pool.take(2)
     monkeypatch.undo()

@@ -14,7 +14,7 @@ from conftest import CLASSIFY_MODELS, IMAGES, ROOT, needs_assets, scai_command, 
 
 from scai.config import Settings
 from scai.portal import create_app
-from scai.sessions import SessionStore
+from scai.store.folder import FolderStore
 
 pytestmark = [needs_assets, pytest.mark.slow]
 JOB = "image_classification"
@@ -33,7 +33,7 @@ def upload(client, photo: bytes, model: str) -> str:
     return response.json["sessname"]
 
 
-def states(store: SessionStore, ids: list[str]) -> list[str]:
+def states(store: FolderStore, ids: list[str]) -> list[str]:
     return [store.state(i)["state"] for i in ids]
 
 
@@ -44,7 +44,7 @@ def completed_in(logs: list[Path]) -> list[str]:
 @pytest.fixture
 def portal(tmp_path: Path, usr: Path):
     settings = Settings(session_dir=tmp_path / "session", usr_dir=usr)
-    return create_app(settings).test_client(), SessionStore(settings.session_dir)
+    return create_app(settings).test_client(), FolderStore(settings.session_dir)
 
 
 def test_two_workers_process_each_of_200_uploads_exactly_once(tmp_path: Path, usr: Path, portal) -> None:

@@ -19,7 +19,7 @@ from scai.portal.uploads import (
     store,
     upload_options,
 )
-from scai.sessions import COMPLETE, FAILURE, SessionNotFound
+from scai.store import COMPLETE, FAILURE, SessionNotFound
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 

@@ -32,7 +32,7 @@ from scai.config import CLASSIFICATION, DETECTION
 from scai.errors import SessionNotFound
 from scai.portal import DEEPSTACK_PREFIX
 from scai.portal.uploads import accept_upload, fraction, settings, store
-from scai.sessions import COMPLETE, FAILURE, SERVER
+from scai.store import COMPLETE, FAILURE, SERVER
 
 bp = Blueprint("deepstack", __name__, url_prefix=DEEPSTACK_PREFIX)
 log = logging.getLogger("scai.portal")

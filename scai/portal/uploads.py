@@ -16,8 +16,7 @@ from werkzeug.utils import secure_filename
 from scai import config, imaging
 from scai.config import DETECTION, Settings
 from scai.errors import QueueFull
-from scai.sessions import INITIALIZATION, SessionNotFound, is_session_id, key_matches
-from scai.store import open_store
+from scai.store import INITIALIZATION, SessionNotFound, is_session_id, key_matches, open_store
 from scai.tasks import annotated_png
 
 log = logging.getLogger("scai.portal")

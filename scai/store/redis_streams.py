@@ -37,14 +37,15 @@ from typing import Any
 import redis
 
 from scai import liveness
-from scai.errors import SessionNotFound, StoreUnavailable
-from scai.sessions import (
+from scai.files import json_bytes
+from scai.store import (
     FINAL_STATES,
     INITIALIZATION,
     MAX_DELIVERIES,
     PROCESSING,
+    SessionNotFound,
+    StoreUnavailable,
     is_session_id,
-    json_bytes,
     key_digest,
     new_key,
     new_session_id,

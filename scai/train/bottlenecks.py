@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from scai import imaging
 from scai.engines.features import TFLiteFeatures, file_digest
-from scai.sessions import atomic_write
+from scai.files import atomic_write
 from scai.train import augment
 
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from scai import config, imaging
 from scai.engines.features import file_digest
-from scai.sessions import atomic_write
+from scai.files import atomic_write
 from scai.train import head
 from scai.train.dataset import Dataset, split
 

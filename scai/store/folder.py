@@ -1,4 +1,5 @@
-"""The session folder protocol shared by the portal, the workers and ``scai clean``.
+"""The session folder store: sessions as folders on one file system, shared by the portal, the
+workers and ``scai clean`` of one machine (the interface it answers is ``scai.store``'s).
 
 Layout under the session root::
 
@@ -34,111 +35,55 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
-import hmac
 import json
 import os
-import re
-import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from scai import liveness
 from scai.config import Settings
 from scai.errors import SessionNotFound, StorageFull
+from scai.files import atomic_write, atomic_write_json, write_json
 from scai.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, FolderWatch, session_waits
+from scai.store import (
+    FINAL_STATES,
+    INITIALIZATION,
+    MAX_DELIVERIES,
+    PROCESSING,
+    is_session_id,
+    key_digest,
+    new_key,
+    new_session_id,
+    now_iso,
+    poisoned,
+)
 
-INITIALIZATION, PROCESSING, COMPLETE, FAILURE = "initialization", "processing", "complete", "failure"
-FINAL_STATES = (COMPLETE, FAILURE)
-#: Whose fault a failed session was (its ``fault`` field): the image's, or the server's (a model
-#: that cannot load, an internal error); the DeepStack routes answer 400 or 500 by it.
-IMAGE, SERVER = "image", "server"
-
-SESSION_ID_RE = re.compile(r"d-\d{8}-[0-9a-f]{32}")
 PROCESS_FILE = "process.json"
 POOL = "pool"
 CLAIMED = ".claimed"
 WORKERS = ".workers"
 SLOTS = ".slots"
-#: A session handed to this many workers that all died (or hung) with it is failed, not retried.
-MAX_DELIVERIES = 3
 #: The line a recovery appends to a hung worker's marker when it takes the session over.
 REVOKED = b"revoked\n"
 #: A hung worker's marker, renamed away while its session goes back to the pool: ``.<id>.revoked``.
 REVOKED_SUFFIX = ".revoked"
 #: A heartbeat silent this long belongs to a worker that is gone: its file is removed.
 FORGET_SECONDS = 3600.0
-
-
-def poisoned(deliveries: int) -> dict[str, Any]:
-    """The final fields of a session that stopped ``deliveries`` workers (both stores)."""
-    message = f"failed: the image stopped {MAX_DELIVERIES} workers (delivered {deliveries} times)"
-    return {"state": FAILURE, "message": message}
-
-
-def new_session_id() -> str:
-    """An id that is unguessable (128 random bits) and safe as a path component."""
-    return f"d-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(16)}"
-
-
-def is_session_id(value: str) -> bool:
-    return bool(SESSION_ID_RE.fullmatch(value or ""))  # "$" would accept a trailing newline
-
-
-def new_key() -> str:
-    return secrets.token_urlsafe(24)
-
-
-def key_digest(key: str) -> str:
-    """Only a digest of the access key is stored, so reading the folder does not reveal keys."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def key_matches(state: dict[str, Any], key: str | None) -> bool:
-    return hmac.compare_digest(state.get("key_sha256", ""), key_digest(key or ""))
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write(path, json_bytes(value))
-
-
-def write_json(path: Path, value: Any) -> None:
-    """A new file, written in place (each rename costs a journal write on ext4)."""
-    with open(path, "xb") as handle:
-        handle.write(json_bytes(value))
+#: A folder without a readable ``process.json`` is a session the portal is creating right now (or
+#: the leftover of a crash): ``clean`` removes it only once it is at least this old, whatever the
+#: keep time.
+UNFINISHED_GRACE_SECONDS = 3600.0
 
 
 @dataclass
-class Claim:
+class FolderClaim:
     """A marker this process holds: the open, locked file keeps other workers away."""
 
     job: str
@@ -157,7 +102,7 @@ class Claim:
         return 1 if self.line is None else _deliveries(_marker_text(self.fd))
 
 
-class SessionStore:
+class FolderStore:
     """Paths and operations on one session root; every id is checked before it touches a path.
     ``lease``: seconds after which a claim still locked is a hung worker's (see the module)."""
 
@@ -355,7 +300,7 @@ class SessionStore:
         """Sessions claimed by workers and not yet finished (markers in ``claimed/``)."""
         return _count_markers(self.claimed(job))
 
-    def claim(self, job: str, session_id: str) -> Claim | None:
+    def claim(self, job: str, session_id: str) -> FolderClaim | None:
         """Take a pending marker for this process, or ``None`` if another worker has it."""
         if not is_session_id(session_id):
             return None
@@ -368,7 +313,7 @@ class SessionStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             target = self.claimed(job) / session_id
             os.rename(source, target)  # fails if another worker renamed it first
-            claim = Claim(job, session_id, target, fd)
+            claim = FolderClaim(job, session_id, target, fd)
             self._sign(claim)
         except (BlockingIOError, FileNotFoundError):
             os.close(fd)
@@ -378,7 +323,7 @@ class SessionStore:
             raise
         return claim
 
-    def _sign(self, claim: Claim) -> None:
+    def _sign(self, claim: FolderClaim) -> None:
         """Append this claim's line to its marker and count the deliveries. On a full disk (or a
         marker this process may not write) the claim goes on uncounted and unfenced."""
         self._claims += 1
@@ -391,7 +336,7 @@ class SessionStore:
             return
         claim.line = line
 
-    def owns(self, claim: Claim) -> bool:
+    def owns(self, claim: FolderClaim) -> bool:
         """Whether ``claim`` is still this worker's: no recovery took the session over since
         (its line is the marker's last)."""
         return claim.line is None or _marker_text(claim.fd).endswith(claim.line)
@@ -419,7 +364,7 @@ class SessionStore:
         except (OSError, ValueError):
             return None
 
-    def drop(self, claim: Claim) -> None:
+    def drop(self, claim: FolderClaim) -> None:
         """Drop a marker whose session needs no more work, then let go of its lock (a marker
         taken over meanwhile is the new holder's: left alone)."""
         if self.owns(claim):
@@ -427,7 +372,7 @@ class SessionStore:
                 os.unlink(claim.path)
         self._let_go(claim)
 
-    def finish(self, claim: Claim, fields: dict[str, Any], known: dict[str, Any] | None = None) -> bool:
+    def finish(self, claim: FolderClaim, fields: dict[str, Any], known: dict[str, Any] | None = None) -> bool:
         """Write a claimed session's final ``fields`` and drop its marker; False if the session
         vanished meanwhile. A write that fails (a full disk) raises, the claim still held."""
         if not self.owns(claim):  # taken over while this worker hung: the new holder writes
@@ -442,11 +387,11 @@ class SessionStore:
         self.drop(claim)
         return written
 
-    def claimed_state(self, claim: Claim) -> dict[str, Any]:
+    def claimed_state(self, claim: FolderClaim) -> dict[str, Any]:
         """A claimed session's state (the Redis store reads it with the claim)."""
         return self.state(claim.session_id)
 
-    def claimed_upload(self, claim: Claim, name: str) -> bytes:
+    def claimed_upload(self, claim: FolderClaim, name: str) -> bytes:
         """A claimed session's upload (the Redis store reads it with the claim)."""
         return self.read_blob(claim.session_id, name)
 
@@ -458,7 +403,7 @@ class SessionStore:
         """A worker's view of ``job``'s pool (see ``FolderQueue``)."""
         return FolderQueue(self, job, watch)
 
-    def release(self, claim: Claim) -> None:
+    def release(self, claim: FolderClaim) -> None:
         """Let go of a claim without finishing it: the next ``recover`` returns it to the pool.
         Given back on purpose, it takes its delivery off the count. A claim already let go is
         left alone."""
@@ -469,7 +414,7 @@ class SessionStore:
                     os.ftruncate(claim.fd, len(text) - len(claim.line))
         self._let_go(claim)
 
-    def _let_go(self, claim: Claim) -> None:
+    def _let_go(self, claim: FolderClaim) -> None:
         if not claim.done:
             claim.done = True
             os.close(claim.fd)
@@ -547,6 +492,29 @@ class SessionStore:
         os.unlink(marker)
 
     # -- cleaning ------------------------------------------------------------------------------
+    def clean(self, keep_seconds: float) -> tuple[list[str], int]:
+        """Remove sessions older than ``keep_seconds`` with their markers, never one a worker is
+        processing; returns (removed, kept)."""
+        removed, kept = [], 0
+        for session_id in self.sessions():
+            folder = self.path(session_id)
+            try:
+                state = self.state(session_id)
+                keep = keep_seconds
+            except (SessionNotFound, ValueError):
+                state, keep = {}, max(keep_seconds, UNFINISHED_GRACE_SECONDS)  # judged by the folder's age
+            try:
+                age = age_seconds(state, folder)
+            except FileNotFoundError:
+                continue  # removed meanwhile (an answered DeepStack request, another cleaner)
+            if age < keep or state.get("state") == PROCESSING:
+                kept += 1
+            elif self.remove(session_id):
+                removed.append(session_id)
+            else:
+                kept += 1  # a worker holds it right now
+        return removed, kept
+
     def sessions(self) -> list[str]:
         try:
             return sorted(e.name for e in os.scandir(self.root) if is_session_id(e.name) and e.is_dir())
@@ -587,7 +555,7 @@ class FolderQueue:
     claim needs no scan of the pool), or, without a watch (job mode, burst mode), a listing.
     ``recover`` takes back dead workers' markers and lists the pool again."""
 
-    def __init__(self, store: SessionStore, job: str, watch: bool) -> None:
+    def __init__(self, store: FolderStore, job: str, watch: bool) -> None:
         self.store, self.job = store, job
         self.candidates: deque[str] = deque()
         store.ensure_pool(job)
@@ -611,7 +579,7 @@ class FolderQueue:
         """Whether more sessions are known to wait (the batch in hand may not take every core)."""
         return bool(self.candidates)
 
-    def take(self, limit: int, block: float = 0.0, wake: tuple[int, ...] = ()) -> list[Claim]:
+    def take(self, limit: int, block: float = 0.0, wake: tuple[int, ...] = ()) -> list[FolderClaim]:
         """Claim up to ``limit`` waiting sessions, waiting up to ``block`` seconds (or until a
         ``wake`` descriptor is readable) for the first."""
         if self.watch is None:
@@ -622,7 +590,7 @@ class FolderQueue:
                 self.watch.overflowed = False
                 self.candidates = deque(self.store.pending(self.job))
             self.candidates.extend(self.watch.names(0 if self.candidates else max(0.0, block), also=wake))
-        claims: list[Claim] = []
+        claims: list[FolderClaim] = []
         try:
             while self.candidates and len(claims) < limit:
                 claim = self.store.claim(self.job, self.candidates.popleft())
@@ -690,7 +658,7 @@ def age_seconds(state: dict[str, Any], folder: Path) -> float:
 
 
 def wait_until_final(
-    store: SessionStore, session_id: str, timeout: float, changed_from: str | None = None
+    store: FolderStore, session_id: str, timeout: float, changed_from: str | None = None
 ) -> dict[str, Any]:
     """The session's state once it is complete or failed (or, with ``changed_from``, once its state
     is another), or as it is when ``timeout`` runs out.

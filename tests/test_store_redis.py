@@ -15,8 +15,8 @@ from conftest import free_port, wait_for
 from scai import health, liveness
 from scai.config import Settings
 from scai.errors import SessionNotFound, StoreUnavailable
-from scai.sessions import COMPLETE, FAILURE, PROCESSING
-from scai.store.redis_streams import MAX_DELIVERIES, RedisStore
+from scai.store import COMPLETE, FAILURE, MAX_DELIVERIES, PROCESSING
+from scai.store.redis_streams import RedisStore
 
 JOB = "image_classification"
 

@@ -1,4 +1,4 @@
-"""The session folder protocol: ids, keys, atomic files, exclusive claims, recovery, cleaning."""
+"""The session folder store: ids, keys, atomic files, exclusive claims, recovery, cleaning."""
 
 from __future__ import annotations
 
@@ -13,24 +13,22 @@ from pathlib import Path
 
 from conftest import ROOT, age, wait_for
 
-from scai.cleanup import clean
-from scai.sessions import (
+from scai.store import (
     COMPLETE,
     FAILURE,
     MAX_DELIVERIES,
     PROCESSING,
     SessionNotFound,
-    SessionStore,
     is_session_id,
     key_matches,
     new_session_id,
-    wait_until_final,
 )
+from scai.store.folder import FolderStore, wait_until_final
 
 JOB = "image_classification"
 
 
-def make_session(store: SessionStore) -> tuple[str, str]:
+def make_session(store: FolderStore) -> tuple[str, str]:
     return store.create(JOB, "default", b"not decoded here", "jpg", "cat.jpg")
 
 
@@ -44,7 +42,7 @@ def test_ids_are_unguessable_and_path_safe() -> None:
 
 
 def test_create_writes_input_state_and_marker(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     session_id, key = make_session(store)
     folder = store.path(session_id)
     assert (folder / "input.jpg").read_bytes() == b"not decoded here"
@@ -57,7 +55,7 @@ def test_create_writes_input_state_and_marker(tmp_path: Path) -> None:
 
 
 def test_unknown_and_malformed_ids_are_not_found(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     for bad in ("../../etc/passwd", new_session_id()):
         try:
             store.state(bad)
@@ -67,7 +65,7 @@ def test_unknown_and_malformed_ids_are_not_found(tmp_path: Path) -> None:
 
 
 def test_a_marker_is_claimed_once(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     session_id, _ = make_session(store)
     first = store.claim(JOB, session_id)
     assert first is not None
@@ -79,14 +77,14 @@ def test_a_marker_is_claimed_once(tmp_path: Path) -> None:
 
 
 def test_claims_of_a_dead_process_are_recovered(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     session_id, _ = make_session(store)
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from scai.sessions import SessionStore; "
-            f"c = SessionStore(sys.argv[1]).claim({JOB!r}, sys.argv[2]); print(bool(c), flush=True); "
+            "import sys, time; from scai.store.folder import FolderStore; "
+            f"c = FolderStore(sys.argv[1]).claim({JOB!r}, sys.argv[2]); print(bool(c), flush=True); "
             "time.sleep(600)",
             str(tmp_path),
             session_id,
@@ -106,7 +104,7 @@ def test_claims_of_a_dead_process_are_recovered(tmp_path: Path) -> None:
 
 
 def test_update_is_atomic_and_keeps_fields(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     session_id, key = make_session(store)
     store.update(session_id, state=COMPLETE, result={"cat": "99.0%"})
     state = store.state(session_id)
@@ -114,7 +112,7 @@ def test_update_is_atomic_and_keeps_fields(tmp_path: Path) -> None:
 
 
 def test_clean_removes_old_sessions_with_markers_but_not_busy_ones(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     old_done, old_pending, old_busy, old_claimed, fresh = (make_session(store)[0] for _ in range(5))
     for session_id in (old_done, old_pending, old_busy, old_claimed):
         age(store, session_id, 7200)
@@ -122,7 +120,7 @@ def test_clean_removes_old_sessions_with_markers_but_not_busy_ones(tmp_path: Pat
     store.update(old_busy, state=PROCESSING)
     claim = store.claim(JOB, old_claimed)  # a worker holds it, state not yet written
 
-    removed, kept = clean(tmp_path, 3600)
+    removed, kept = FolderStore(tmp_path).clean(3600)
 
     assert sorted(removed) == sorted([old_done, old_pending])
     assert kept == 3
@@ -135,23 +133,23 @@ def test_clean_removes_old_sessions_with_markers_but_not_busy_ones(tmp_path: Pat
 def test_clean_goes_on_past_a_session_removed_while_it_runs(tmp_path: Path, monkeypatch) -> None:
     """An answered DeepStack request's session is removed by the portal at any moment: a clean
     that listed it must skip it, not stop (found by the soak: 'No such file or directory')."""
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     vanishing, old = (make_session(store)[0] for _ in range(2))
     age(store, old, 7200)
-    real_state = SessionStore.state
+    real_state = FolderStore.state
 
-    def state(self: SessionStore, session_id: str) -> dict:
+    def state(self: FolderStore, session_id: str) -> dict:
         if session_id == vanishing:
             store.remove(session_id)  # gone between the listing and this read
         return real_state(self, session_id)
 
-    monkeypatch.setattr(SessionStore, "state", state)
-    removed, kept = clean(tmp_path, 3600)
+    monkeypatch.setattr(FolderStore, "state", state)
+    removed, kept = FolderStore(tmp_path).clean(3600)
     assert removed == [old] and kept == 0
 
 
 def test_clean_py_is_an_executable_script(tmp_path: Path) -> None:
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     old, fresh = make_session(store)[0], make_session(store)[0]
     age(store, old, 100)
     assert os.access(ROOT / "clean.py", os.X_OK)
@@ -168,7 +166,7 @@ def test_clean_py_is_an_executable_script(tmp_path: Path) -> None:
 
 def test_a_wait_for_any_change_wakes_when_a_worker_takes_the_session(tmp_path: Path) -> None:
     """'processing' is the claimed marker, not a write to the session: the wait must see it."""
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     session_id, _ = store.create("image_classification", "default", b"x", "jpg", "x.jpg")
     claims = []
     timer = threading.Timer(0.2, lambda: claims.append(store.claim("image_classification", session_id)))
@@ -184,8 +182,8 @@ def holder(tmp_path: Path, session_id: str, then: str) -> subprocess.Popen:
     """Another process that claims ``session_id`` as a worker does, prints True, then runs ``then``
     (Python, with the claim as ``c`` and the store as ``s``)."""
     code = (
-        "import os, signal, sys; from scai.sessions import SessionStore; "
-        f"s = SessionStore(sys.argv[1]); c = s.claim({JOB!r}, sys.argv[2]); print(bool(c), flush=True); {then}"
+        "import os, signal, sys; from scai.store.folder import FolderStore; "
+        f"s = FolderStore(sys.argv[1]); c = s.claim({JOB!r}, sys.argv[2]); print(bool(c), flush=True); {then}"
     )
     return subprocess.Popen(
         [sys.executable, "-c", code, str(tmp_path), session_id], cwd=ROOT, stdout=subprocess.PIPE, text=True
@@ -195,7 +193,7 @@ def holder(tmp_path: Path, session_id: str, then: str) -> subprocess.Popen:
 def test_a_session_that_stops_three_workers_fails_and_is_never_handed_out_again(tmp_path: Path) -> None:
     """Each worker that dies holding a session leaves its delivery counted in the marker: after
     3, the recovery fails the session instead of killing a fourth worker."""
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     poison, _ = make_session(store)
     for death in range(1, MAX_DELIVERIES + 1):
         process = holder(tmp_path, poison, "os.kill(os.getpid(), signal.SIGKILL)")
@@ -209,7 +207,7 @@ def test_a_session_that_stops_three_workers_fails_and_is_never_handed_out_again(
 
 def test_a_session_given_back_on_purpose_is_not_counted(tmp_path: Path) -> None:
     """A full disk or a store error gives the session back: retried every rescan, never failed."""
-    store = SessionStore(tmp_path)
+    store = FolderStore(tmp_path)
     session_id, _ = make_session(store)
     for _ in range(MAX_DELIVERIES + 2):
         claim = store.claim(JOB, session_id)
@@ -223,7 +221,7 @@ def test_a_session_given_back_on_purpose_is_not_counted(tmp_path: Path) -> None:
 def test_a_hung_workers_claim_is_taken_over_after_the_lease_and_its_late_result_fenced_off(tmp_path: Path) -> None:
     """A worker stopped (SIGSTOP) holding a claim keeps its lock: after the lease, recovery hands
     the session out again, and the stopped worker, resumed, writes nothing."""
-    store = SessionStore(tmp_path, lease=0.5)
+    store = FolderStore(tmp_path, lease=0.5)
     session_id, _ = make_session(store)
     process = holder(
         tmp_path, session_id, "os.kill(os.getpid(), signal.SIGSTOP); print(s.finish(c, {'state': 'complete'}))"
