@@ -3,8 +3,8 @@ portal to a worker and back, and how many items a second one worker drains from 
 
     .venv/bin/python bench/store.py [--handoffs 500] [--burst 2000] [--blob-kb 70]
 
-For each store (the session folder, and Redis Streams on a redis-server this script starts on a
-free port), in one run:
+For each store (the session folder; Redis Streams on a redis-server this script starts on a free
+port; the same with the files in S3, on a SeaweedFS server it starts likewise), in one run:
   * hand-off: the portal's side creates a session with a blob and waits for its result (``wait``);
     a worker process takes it (``queue.take``, blocking) and finishes it. Median and p95 of the
     round trip, one at a time;
@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from compare import free_port  # noqa: E402  (bench/, this script's folder)
+
+sys.path.insert(0, str(ROOT / "tests"))
+from s3server import S3Server  # noqa: E402  (the tests' SeaweedFS harness)
 
 from scai.config import CLASSIFICATION, Settings  # noqa: E402
 from scai.store import open_store  # noqa: E402
@@ -123,11 +126,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scai-bench-store-") as folder:
         tmp = Path(folder)
         server, url = start_redis(tmp)
+        s3 = S3Server(tmp / "s3")
         try:
-            rows = (("folder", "", False), ("redis", url, False), ("redis, reads per call", url, True))
-            for name, store, per_call in rows:
+            s3.start()
+            os.environ.update(s3.environ)  # the keys, for this process and the workers it forks
+            rows = (("folder", "", "", False), ("redis", url, "", False), ("redis, reads per call", url, "", True),
+                    ("redis + S3 files", url, s3.url(), False))  # fmt: skip
+            for name, store, blobs, per_call in rows:
                 for phase in ("handoff", "burst"):  # a fresh store for each phase
-                    settings = Settings(session_dir=tmp / name.replace(", ", "-") / phase, store=store)
+                    folder = tmp / name.replace(", ", "-").replace(" ", "") / phase
+                    settings = Settings(session_dir=folder, store=store, blobs=blobs)
                     if store:
                         import redis
 
@@ -141,6 +149,7 @@ def main() -> None:
                         rate = burst(settings, args.burst, blob, per_call)
                         print(f"{name:22} burst of {args.burst}: {rate:,.0f} items/s through one worker", flush=True)
         finally:
+            s3.stop()
             server.terminate()
             server.wait()
 

@@ -145,6 +145,10 @@ class Settings:
         60.0, "SCAI_CLAIM_LEASE_SECONDS", "a claim held this long is a hung or dead worker's (above the slowest batch)"
     )
     store: str = setting("", "SCAI_STORE", "redis://host:port/db: sessions in Redis (default: the session folder)")
+    blobs: str = setting(
+        "", "SCAI_BLOBS", "s3://BUCKET/PREFIX?endpoint=URL: uploads and result images in S3 (with a Redis store)",
+        guard=True,
+    )  # fmt: skip
     public_url: str = setting(
         "", "SCAI_PUBLIC_URL", "the address clients use, for /docs examples (e.g. https://ai.example)"
     )

@@ -78,9 +78,11 @@ class StorageFull(ScaiError, OSError):
 
 
 class StoreUnavailable(ScaiError):
-    """The session store (Redis) does not answer; the request may be tried again."""
+    """The session store (Redis) or its blob store (S3) does not answer; the request may be
+    tried again (Retry-After: such outages are restarts and network blips, seconds long)."""
 
     http_status = 503
+    retry_after = 5
 
 
 class QueueFull(ScaiError):

@@ -268,6 +268,32 @@ def _answers(client) -> bool:
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real S3 server of its own (SeaweedFS, ``tests/s3server.py``). Skipped where weed is
+    absent, except under CI=true, where that is a failure."""
+    from s3server import WEED_MISSING, S3Server, weed_binary
+
+    if weed_binary() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(WEED_MISSING)
+        pytest.skip(WEED_MISSING)
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_blobs(s3_server, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """``SCAI_BLOBS`` for a prefix of this test's own, the server's keys in the environment."""
+    for name, value in s3_server.environ.items():
+        monkeypatch.setenv(name, value)
+    return s3_server.url(f"t-{abs(hash(request.node.nodeid)):x}")
+
+
+@pytest.fixture(scope="session")
 def podman(tmp_path_factory: pytest.TempPathFactory):
     """Podman with the container harness's own configuration (``tests/containers.py``)."""
     from containers import engine

@@ -1,6 +1,7 @@
-"""One contract, two stores: the portal (Flask's test client) and the real Worker with a fake
-model, on the session folder and on a real redis-server. Every route, id, key and JSON answer
-must be the same whichever store holds the sessions."""
+"""One contract, every store: the portal (Flask's test client) and the real Worker with a fake
+model, on the session folder, on a real redis-server, and on redis-server with the files in a
+real S3 server (SeaweedFS). Every route, id, key and JSON answer must be the same whichever store
+holds the sessions."""
 
 from __future__ import annotations
 
@@ -16,16 +17,18 @@ from scai.store.folder import FolderStore
 from scai.worker import Worker
 
 
-@pytest.fixture(params=["folder", "redis"])
+@pytest.fixture(params=["folder", "redis", "redis+s3"])
 def settings(request, tmp_path) -> Settings:
-    store = ""
-    if request.param == "redis":
+    store, blobs = "", ""
+    if request.param.startswith("redis"):
         import redis
 
         store = request.getfixturevalue("redis_url").replace("/0", "/1")
         redis.Redis.from_url(store).flushdb()  # the fixture's own server: nobody else's data
+    if request.param.endswith("s3"):
+        blobs = request.getfixturevalue("s3_blobs")
     usr = write_fake_usr(tmp_path / "usr", "default", "other")
-    return Settings(session_dir=tmp_path / "session", usr_dir=usr, store=store)
+    return Settings(session_dir=tmp_path / "session", usr_dir=usr, store=store, blobs=blobs)
 
 
 @pytest.fixture

@@ -128,7 +128,8 @@ def test_clean_removes_old_sessions_but_not_busy_ones(make_store) -> None:
     worker.claim(JOB, 1)
     removed, kept = portal.clean(0)
     assert removed == [old_done] and kept == 1
-    assert not portal.redis.exists(portal._blob(old_done, "input.png")) and portal.state(busy)["state"] == PROCESSING
+    assert not portal.redis.exists(portal.blobs.key(old_done, "input.png"))
+    assert portal.state(busy)["state"] == PROCESSING
 
 
 def test_recovered_work_is_not_taken_over_again_while_in_hand(make_store) -> None:

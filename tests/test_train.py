@@ -174,6 +174,7 @@ def test_augmented_variants_are_reproducible_distortions() -> None:
         assert min(corners.getpixel(xy) for xy in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))) > 150
 
 
+@pytest.mark.long  # a minute of training: .ci/run's second step
 def test_a_keras_application_backbone_from_a_local_weights_file_with_fine_tuning(tmp_path: Path) -> None:
     """MobileNetV2 with weights from a file (random ones here: no ImageNet file may be downloaded), tuned,
     converted and served; a second model on the untuned application reuses its conversion."""

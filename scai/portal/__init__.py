@@ -10,7 +10,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from scai import metrics
 from scai.config import ROOT, Settings
-from scai.errors import QueueFull, ScaiError, Unauthorized
+from scai.errors import QueueFull, ScaiError, StoreUnavailable, Unauthorized
 from scai.portal.chunked import terminate_chunked
 from scai.portal.multipart import UploadFormParser
 
@@ -103,7 +103,7 @@ def scai_error(error: ScaiError) -> tuple[Response, int]:
 
 def with_error_headers(response: Response, error: ScaiError) -> Response:
     """The headers an error's class calls for: when to come back, how to authenticate."""
-    if isinstance(error, QueueFull):
+    if isinstance(error, QueueFull | StoreUnavailable):
         response.headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="scai"'

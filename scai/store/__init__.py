@@ -235,8 +235,10 @@ def open_store(settings: Settings) -> SessionStore:
     """The store ``settings.store`` names: empty for the session folder, or a Redis URL. Each is
     imported only here, so a process loads only the store it uses (Redis's client library only
     where it is asked for)."""
-    url = settings.store.strip()
+    url, blobs = settings.store.strip(), settings.blobs.strip()
     if not url:
+        if blobs:
+            raise ConfigError("SCAI_BLOBS needs a Redis store (SCAI_STORE=redis://...): the folder keeps its own files")
         from scai.store.folder import FolderStore
 
         return FolderStore(settings.session_dir, settings.claim_lease_seconds)
@@ -245,5 +247,5 @@ def open_store(settings: Settings) -> SessionStore:
             raise ConfigError("job mode needs the session folder; use runtime mode with a Redis store")
         from scai.store.redis_streams import RedisStore
 
-        return RedisStore(url, settings.keep_seconds, settings.claim_lease_seconds)
+        return RedisStore(url, settings.keep_seconds, settings.claim_lease_seconds, blobs=blobs)
     raise ConfigError(f"SCAI_STORE must be empty (the session folder) or a redis:// URL, not {url!r}")

@@ -4,7 +4,8 @@ The folder store's protocol (flock, rename, inotify) holds only on one file syst
 contract rests on Redis 6.2-level commands, used directly through redis-py:
 
     scai:session:<id>             a hash: ``state`` (process.json's JSON), ``completions`` (count)
-    scai:session:<id>:blob:<name> the upload and other files of the session
+    scai:session:<id>:blob:<name> the upload and other files of the session (in S3 instead, with
+                                  ``SCAI_BLOBS``: ``scai.store.s3``)
     scai:session:<id>:events      a pub/sub channel: "the state changed"
     scai:pool:<job>               a stream, one entry per queued session; consumer group ``workers``
     scai:workers:<job>            a sorted set: worker name -> last heartbeat (unix time)
@@ -35,6 +36,8 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from scai import liveness
 from scai.files import json_bytes
@@ -56,6 +59,12 @@ from scai.store import (
 log = logging.getLogger("scai.store")
 
 GROUP = "workers"
+#: A Redis that does not answer (down, or cut off: packets dropped, not refused) fails a call
+#: within about (CONNECT or READ) x (1 + RETRIES) seconds: the portal answers 503 and a worker
+#: waits and tries again, instead of hanging until TCP gives up (minutes). READ is above the
+#: longest blocking read (a worker's XREADGROUP waits up to its heartbeat, 2 s). Connections idle
+#: past HEALTH_CHECK are pinged before use: one broken while the network was away is replaced.
+CONNECT_SECONDS, READ_SECONDS, RETRIES, HEALTH_CHECK_SECONDS = 2.0, 5.0, 1, 15
 #: The key ``problem`` writes to find out whether Redis takes writes.
 HEALTH_KEY = "scai:health"
 #: A worker (heartbeat, stream consumer) silent this long is forgotten.
@@ -85,28 +94,36 @@ return written
 
 class RedisBlobs:
     """A session's files (the upload, the annotated image) in Redis, expiring with the session.
-    The whole seam for another blob store: an S3-compatible one would answer the same three
-    calls, keyed by the session's name, with a lifecycle rule for the expiry."""
+    The seam for another blob store (``scai.store.s3.S3Blobs`` answers the same calls): ``inline``
+    says these calls may ride the store's own transactions and pipelines (``pipe``)."""
 
-    def __init__(self, client: redis.Redis, keep_seconds: int) -> None:
-        self.redis, self.keep = client, keep_seconds
+    inline = True
 
-    @staticmethod
-    def key(session: str, name: str) -> str:
-        return f"{session}:blob:{name}"
+    def __init__(self, client: redis.Redis, keep_seconds: int, prefix: str) -> None:
+        self.redis, self.keep, self.prefix = client, keep_seconds, prefix
 
-    def get(self, session: str, name: str, pipe: Any = None) -> bytes | None:
+    def key(self, session_id: str, name: str) -> str:
+        return f"{self.prefix}session:{session_id}:blob:{name}"
+
+    def get(self, session_id: str, name: str, pipe: Any = None) -> bytes | None:
         """The file's bytes (None if absent); ``pipe``: queued in the claim's round trip."""
-        return (pipe or self.redis).get(self.key(session, name))
+        return (pipe or self.redis).get(self.key(session_id, name))
 
-    def put(self, session: str, name: str, data: bytes, pipe: Any = None) -> None:
+    def put(self, session_id: str, name: str, data: bytes, pipe: Any = None) -> None:
         """Stored with the session's lifetime; ``pipe``: inside the transaction that creates it."""
-        (pipe or self.redis).set(self.key(session, name), data, ex=self.keep)
+        (pipe or self.redis).set(self.key(session_id, name), data, ex=self.keep)
 
-    def delete(self, session: str, names: list[str]) -> None:
+    def delete(self, session_id: str, names: list[str]) -> None:
         """Delete the session's named files (the names its state records: no scan of the keyspace)."""
         if names:
-            self.redis.delete(*(self.key(session, name) for name in names))
+            self.redis.delete(*(self.key(session_id, name) for name in names))
+
+    def sweep(self, older_than_seconds: float) -> int:
+        """Nothing to do: each file expires with its session."""
+        return 0
+
+    def problem(self) -> str | None:
+        return None
 
 
 #: A wait looks at its session again at least this often, should a message have been lost while
@@ -216,13 +233,24 @@ def consumer_name() -> str:
 class RedisStore:
     """The session store on one Redis database; ``prefix`` keeps several installations apart."""
 
-    def __init__(self, url: str, keep_seconds: float, lease_seconds: float = 60.0, prefix: str = "scai:") -> None:
-        self.redis = redis.Redis.from_url(url)
+    def __init__(
+        self, url: str, keep_seconds: float, lease_seconds: float = 60.0, prefix: str = "scai:", blobs: str = ""
+    ) -> None:
+        """``blobs``: an ``s3://`` URL for the files (``scai.store.s3``), else they stay in Redis."""
+        self.redis = redis.Redis.from_url(
+            url, socket_connect_timeout=CONNECT_SECONDS, socket_timeout=READ_SECONDS,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES), health_check_interval=HEALTH_CHECK_SECONDS,
+        )  # fmt: skip
         self.keep = max(1, int(keep_seconds))
         self.lease_ms = int(lease_seconds * 1000)
         self.prefix = prefix
         self.consumer = consumer_name()
-        self.blobs = RedisBlobs(self.redis, self.keep)
+        if blobs:
+            from scai.store.s3 import S3Blobs
+
+            self.blobs: RedisBlobs | S3Blobs = S3Blobs(blobs)
+        else:
+            self.blobs = RedisBlobs(self.redis, self.keep, prefix)
         self._fence = self.redis.register_script(FENCE)
         self._mark = self.redis.register_script(MARK)
         self._groups: set[str] = set()
@@ -234,9 +262,6 @@ class RedisStore:
         if not is_session_id(session_id):
             raise SessionNotFound(session_id)
         return f"{self.prefix}session:{session_id}"
-
-    def _blob(self, session_id: str, name: str) -> str:
-        return self.blobs.key(self._session(session_id), name)
 
     def _events(self, session_id: str) -> str:
         return f"{self._session(session_id)}:events"
@@ -270,10 +295,13 @@ class RedisStore:
             "options": options or {}, "created": stamp, "updated": stamp, "key_sha256": key_digest(key),
         }  # fmt: skip
         self._ensure_group(job)
+        if not self.blobs.inline:  # stored before the session is queued: no worker finds it missing
+            self.blobs.put(session_id, state["input"], image)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._session(session_id), mapping={"state": json_bytes(state), "completions": 0})
             pipe.expire(self._session(session_id), self.keep)
-            self.blobs.put(self._session(session_id), state["input"], image, pipe)
+            if self.blobs.inline:
+                self.blobs.put(session_id, state["input"], image, pipe)
             pipe.xadd(self._pool(job), {"id": session_id, "input": state["input"]})
             self._run(pipe.execute)
         return session_id, key
@@ -287,13 +315,15 @@ class RedisStore:
         return _as_state(raw, processing=phase == b"processing")
 
     def read_blob(self, session_id: str, name: str) -> bytes:
-        data = self._run(self.blobs.get, self._session(session_id), name)
+        self._session(session_id)  # a malformed id is not found, before any lookup
+        data = self._run(self.blobs.get, session_id, name)
         if data is None:
             raise SessionNotFound(session_id)
         return data
 
     def write_blob(self, session_id: str, name: str, data: bytes) -> None:
-        self._run(self.blobs.put, self._session(session_id), name, data)
+        self._session(session_id)
+        self._run(self.blobs.put, session_id, name, data)
 
     def wait(self, session_id: str, timeout: float, changed_from: str | None = None) -> dict[str, Any]:
         """The state once final (or, with ``changed_from``, different), or as it is at the deadline.
@@ -346,14 +376,15 @@ class RedisStore:
     def mark_processing(self, claims: list[StreamClaim]) -> None:
         """Say that these sessions are being worked on, and read their states and uploads, in one
         round trip for the batch."""
+        inline = self.blobs.inline  # else each upload is read when its turn comes (claimed_upload)
         with self.redis.pipeline(transaction=False) as pipe:
             for claim in claims:
                 self._mark(keys=[self._session(claim.session_id), self._events(claim.session_id)], client=pipe)
-                if claim.input:
-                    self.blobs.get(self._session(claim.session_id), claim.input, pipe)
+                if claim.input and inline:
+                    self.blobs.get(claim.session_id, claim.input, pipe)
             replies = iter(self._run(pipe.execute))
         for claim in claims:
-            raw, claim.upload = next(replies), next(replies) if claim.input else None
+            raw, claim.upload = next(replies), next(replies) if claim.input and inline else None
             try:
                 claim.state = _as_state(raw, processing=True) if raw is not None else None
             except (ValueError, TypeError, AttributeError):  # read again by the worker, which fails it alone
@@ -497,6 +528,9 @@ class RedisStore:
                 kept += 1
                 continue
             removed.append(session_id)
+        swept = self._run(self.blobs.sweep, keep_seconds)  # files whose sessions Redis expired
+        if swept:
+            log.info("removed %d files of expired sessions from the blob store", swept)
         return removed, kept
 
     def remove(self, session_id: str, state: dict[str, Any] | None = None) -> bool:
@@ -508,7 +542,7 @@ class RedisStore:
         if state.get("state") == PROCESSING:
             return False
         names = [str(state[field]) for field in ("input", "result_image") if state.get(field)]
-        self._run(self.blobs.delete, self._session(session_id), names)
+        self._run(self.blobs.delete, session_id, names)
         self._run(self.redis.delete, self._session(session_id))
         return True
 
@@ -524,7 +558,7 @@ class RedisStore:
             return "session store refuses writes (out of memory or read-only)"
         except redis.RedisError:
             return "session store does not answer"
-        return None
+        return self.blobs.problem()
 
     def _run(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         """A Redis call whose connection failures become ``StoreUnavailable`` (503, retry). Its
