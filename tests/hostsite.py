@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -99,6 +101,15 @@ class Site:
             return int(answer.json()["jobs"]["classify"]["workers"])
         except (requests.RequestException, ValueError, KeyError):
             return -1
+
+    def beats_since(self, host: Host, ended: float) -> bool:
+        """Whether a worker on ``host`` has beaten since ``ended`` (a time.monotonic() instant):
+        its heartbeat in Redis is named ``hostname-pid-...`` and its pid is in the namespace."""
+        since = time.time() - (time.monotonic() - ended)
+        listed = subprocess.run(["ip", "netns", "pids", host.namespace], capture_output=True, text=True)
+        pids = set(listed.stdout.split())
+        beats = self.client.zrange("scai:workers:image_classification", 0, -1, withscores=True)
+        return any(name.decode().split("-")[-3] in pids and score > since for name, score in beats)
 
     def log(self, host: Host) -> str:
         return "".join(path.read_text(errors="replace") for path in (self.folder / host.name).glob("*.log"))
@@ -218,3 +229,83 @@ def settle(site: Site, load: Load, fault: str, reference: str, recovery: float |
         wrong += next(iter(found.get("result") or {}), None) != reference
     longest = max((a.seconds for a in load.answers), default=0.0)
     return Report(fault, Counter(a.status for a in load.answers), lost, twice, wrong, longest, recovery, len(accepted))
+
+
+@dataclass
+class Fault:
+    """One fault: ``make`` it, hold it ``hold`` seconds, ``undo`` it; ``recovered(answers, ended)``
+    says the affected part serves again."""
+
+    name: str
+    make: Callable[[], object]
+    undo: Callable[[], object]
+    recovered: Callable[[list[Answer], float], bool] | None = None
+    hold: float = 10.0
+
+
+def faults(site: Site, netem: bool) -> dict[str, Fault]:
+    """The faults the tests and bench/hosts.py make, by key."""
+    worker, portal, other_worker, other_portal = site.workers[0], site.portals[0], site.workers[1], site.portals[1]
+
+    def start_again() -> None:
+        site.start_worker(other_worker)
+        site.start_portal(other_portal)
+
+    def restart_redis(signal_number: int) -> Callable[[], None]:
+        def restart() -> None:
+            kill(site.redis_host, signal_number=signal_number)
+            site.start_redis()
+
+        return restart
+
+    net = site.network
+    return {
+        "worker-cut": Fault("worker host cut off 10 s", lambda: net.cut(worker), lambda: net.restore(worker),
+                            lambda answers, ended: site.beats_since(worker, ended)),
+        "portal-cut": Fault("portal cut off from Redis 10 s", lambda: net.block(portal, site.redis_host),
+                            lambda: net.unblock(portal), answered_by(portal)),
+        "sigkill": Fault("SIGKILL of a worker host and a portal", lambda: kill(other_worker, other_portal),
+                         start_again, lambda answers, ended: site.workers_seen(other_portal) == 2),
+        "lossy": Fault("worker link: 2% loss" + (", 50 ms delay" if netem else " (no netem: no delay)"),
+                       lambda: net.lossy(worker, 2, 50, netem), lambda: net.clear(worker)),
+        "redis-sigterm": Fault("Redis restarted (SIGTERM)", restart_redis(signal.SIGTERM), lambda: None,
+                               answered_by(portal), hold=0),
+        "redis-sigkill": Fault("Redis restarted (SIGKILL)", restart_redis(signal.SIGKILL), lambda: None,
+                               answered_by(portal), hold=0),
+    }  # fmt: skip
+
+
+def run_fault(
+    site: Site, photo: bytes, reference: str, fault: Fault, clients: int = 8, after: float = 0.0
+) -> tuple[Report, float]:
+    """Load, the fault for its ``hold`` seconds (its length, not a synchronisation), undone, then
+    the load until it has recovered (that time is the recovery) and ``after`` seconds more; what
+    it cost once every accepted session is final, and when the fault was made."""
+    load = Load(site, photo, clients)
+    with load.running():
+        wait(lambda: sum(a.status == 200 for a in load.answers) >= 5, 60, "answers before the fault")
+        made = time.monotonic()
+        fault.make()
+        time.sleep(fault.hold)
+        fault.undo()
+        ended = time.monotonic()
+        recovery = None
+        if fault.recovered is not None:
+            wait(lambda: fault.recovered(load.answers, ended), 90, f"recovery from: {fault.name}")
+            recovery = time.monotonic() - ended
+        time.sleep(after)
+    return settle(site, load, fault.name, reference, recovery), made
+
+
+def answered_by(portal: Host) -> Callable[[list[Answer], float], bool]:
+    """Recovered once ``portal`` answers an upload with 200 after the fault ended."""
+    return lambda answers, ended: any(a.portal == portal.name and a.status == 200 and a.ended > ended for a in answers)
+
+
+def kill(*hosts: Host, signal_number: int = signal.SIGKILL) -> None:
+    """``signal_number`` to every process of ``hosts`` (each leads its group)."""
+    for host in hosts:
+        for process in host.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal_number)
+                process.wait()

@@ -53,6 +53,14 @@ def test_the_files_live_in_the_bucket_and_go_with_their_session(settings, s3_ser
     assert objects(s3_server, settings.blobs) == []
 
 
+def test_a_batch_claims_its_uploads_read_at_once(settings) -> None:
+    """A worker's batch gets its uploads with its claim (read in parallel from the bucket)."""
+    client = create_app(settings).test_client()
+    photos = {upload(client, tiny_png((n, 1, 2))).json["sessname"]: tiny_png((n, 1, 2)) for n in range(3)}
+    claims = open_store(settings).claim(CLASSIFICATION, 8)
+    assert {claim.session_id: claim.upload for claim in claims} == photos
+
+
 def test_cleaning_sweeps_the_files_of_sessions_redis_expired(settings, s3_server) -> None:
     """Redis expires sessions by itself; their files are removed by scai clean's sweep."""
     prefix = parse_url(settings.blobs).prefix
