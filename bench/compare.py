@@ -58,7 +58,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -495,15 +495,50 @@ def process_tree(root: int) -> list[int]:
 
 def cpu_jiffies(pids: list[int]) -> dict[int, int]:
     """utime + stime of each process, plus those of its children it has reaped (cutime, cstime)."""
+    return {pid: user + system for pid, (user, system) in user_system_jiffies(pids).items()}
+
+
+def user_system_jiffies(pids: list[int]) -> dict[int, tuple[int, int]]:
+    """(utime + cutime, stime + cstime) of each process: user and system time apart."""
     found = {}
     for pid in pids:
         if fields := proc_stat(pid):
-            found[pid] = sum(int(v) for v in fields[11:15])
+            utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+            found[pid] = (utime + cutime, stime + cstime)
     return found
 
 
 def jiffies_between(before: dict[int, int], after: dict[int, int]) -> int:
     return sum(value - before.get(pid, 0) for pid, value in after.items())
+
+
+def process_kind(pid: int) -> str:
+    """What a server's process is, from its command line: SCAI's front, portal (uwsgi), workers
+    (by job kind) and supervisor apart; a peer's processes are its server."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "gone"
+    if "scai.front" in args or any(arg.endswith("front.py") for arg in args):
+        return "front"
+    if args and args[0].endswith("uwsgi"):
+        return "portal (uwsgi)"
+    if "worker" in args:
+        return f"worker {args[args.index('worker') + 1]}" if args.index("worker") + 1 < len(args) else "worker"
+    if "serve" in args and any(arg.endswith("scai") or arg == "scai" for arg in args):
+        return "supervisor"
+    return "server"
+
+
+def cpu_by_kind(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> dict[str, list[int]]:
+    """User and system jiffies spent between two samples, summed by process kind."""
+    spent: dict[str, list[int]] = {}
+    for pid, (user, system) in after.items():
+        was = before.get(pid, (0, 0))
+        kind = spent.setdefault(process_kind(pid), [0, 0])
+        kind[0] += user - was[0]
+        kind[1] += system - was[1]
+    return spent
 
 
 def rss_mb(pids: list[int]) -> tuple[float, float]:
@@ -541,6 +576,8 @@ class Round:
     other_cpu_pct: float = 0.0
     server_cpu_pct: float = 0.0
     client_cpu_pct: float = 0.0
+    #: process kind -> [user ms, system ms] of CPU per answered request, in the measured seconds
+    cpu_ms_per_request: dict[str, list[float]] = field(default_factory=dict)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -574,14 +611,18 @@ def start_clients(load: Load, clients: int, processes: int, groups: list[Any]) -
     return results, start.value
 
 
-def measure_usage(server: Server, ours: list[int], until: float, row: Round) -> None:
+def measure_usage(server: Server, ours: list[int], until: float, row: Round) -> dict[str, list[int]]:
     """CPU shares from now until ``until`` (the server's tree, ours, everything else), and the
-    server's memory at the end, into ``row``."""
-    server_before, client_before = cpu_jiffies(process_tree(server.process.pid)), cpu_jiffies(ours)
-    machine_before = machine_jiffies()
+    server's memory at the end, into ``row``; returns the server's user and system jiffies by
+    process kind."""
+    split_before = user_system_jiffies(process_tree(server.process.pid))
+    server_before = {pid: sum(both) for pid, both in split_before.items()}
+    client_before, machine_before = cpu_jiffies(ours), machine_jiffies()
     time.sleep(max(0.0, until - time.monotonic()))
     tree = process_tree(server.process.pid)
-    server_after, client_after, machine_after = cpu_jiffies(tree), cpu_jiffies(ours), machine_jiffies()
+    split_after = user_system_jiffies(tree)
+    server_after = {pid: sum(both) for pid, both in split_after.items()}
+    client_after, machine_after = cpu_jiffies(ours), machine_jiffies()
     row.rss_total_mb, row.rss_max_mb = rss_mb(tree)
     total, busy = (max(1, after - before) for after, before in zip(machine_after, machine_before, strict=True))
     server_used = jiffies_between(server_before, server_after)
@@ -589,6 +630,7 @@ def measure_usage(server: Server, ours: list[int], until: float, row: Round) -> 
     row.other_cpu_pct = max(0, busy - server_used - client_used) / total * 100
     row.server_cpu_pct = server_used / total * 100
     row.client_cpu_pct = client_used / total * 100
+    return cpu_by_kind(split_before, split_after)
 
 
 def run_round(server: Server, load: Load, clients: int, processes: int, row: Round) -> Round:
@@ -598,7 +640,7 @@ def run_round(server: Server, load: Load, clients: int, processes: int, row: Rou
         results, start = start_clients(load, clients, processes, groups)
         time.sleep(load.warmup)
         ours = [os.getpid()] + [group.pid for group in groups]
-        measure_usage(server, ours, start + load.warmup + load.seconds, row)
+        spent_by_kind = measure_usage(server, ours, start + load.warmup + load.seconds, row)
         latencies, errors = [], 0
         for _ in groups:
             got, failed = results.get(timeout=REQUEST_TIMEOUT + 30)
@@ -612,6 +654,8 @@ def run_round(server: Server, load: Load, clients: int, processes: int, row: Rou
                 group.terminate()
             group.join()
     row.ok, row.errors, row.rps = len(latencies), errors, len(latencies) / load.seconds
+    per_request = 1000 / os.sysconf("SC_CLK_TCK") / max(1, row.ok)  # a jiffy's ms, shared by the requests
+    row.cpu_ms_per_request = {kind: [n * per_request for n in spent] for kind, spent in spent_by_kind.items()}
     row.p50_ms = None if not latencies else percentile(latencies, 50) * 1000
     row.p95_ms = None if not latencies else percentile(latencies, 95) * 1000
     return row
@@ -692,10 +736,24 @@ def print_tables(plan: list[Scenario], best: dict[tuple[str, str], Round], repea
                 p50 = f", p50 {ratio['p50_ratio']:.2f}x ({ratio['p50_peer']})" if "p50_ratio" in ratio else ""
                 print(f"{scai.server} / best peer: rps {fmt(ratio['rps_ratio'], '.2f')}x ({ratio['rps_peer']}){p50}")
         print_versions(sorted((row for row in rows if is_scai(row.server)), key=lambda row: row.server != "scai"))
+        print_cpu(rows)
     if any(row.other_cpu_pct > BUSY_MACHINE for row in best.values()):
         busy = f"other processes took over {BUSY_MACHINE:.0f}% of the machine during the rounds marked *"
         print(f"\n* {busy}: rerun, or raise --repeat")
     return ratios
+
+
+def print_cpu(rows: list[Round]) -> None:
+    """CPU per answered request, user + system ms, by process kind (a container's processes are not
+    in its client's tree: they show as nothing)."""
+    print("CPU per request, ms (user + system):")
+    for row in rows:
+        kinds = sorted(row.cpu_ms_per_request.items(), key=lambda item: -sum(item[1]))
+        total = sum(sum(spent) for _, spent in kinds)
+        parts = ", ".join(
+            f"{kind} {user:.2f} + {system:.2f}" for kind, (user, system) in kinds if user + system >= 0.005
+        )
+        print(f"  {row.server:<12} {total:6.2f}   {parts}")
 
 
 def print_versions(scais: list[Round]) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from scai import config, front, metrics
 from scai.config import PORTAL_THREADS, ROOT, Settings
 from scai.launcher import worker_group
+from scai.store import open_store
 from scai.supervisor import Child, Supervisor
 
 log = logging.getLogger("scai.service")
@@ -70,6 +71,7 @@ def portal_env(settings: Settings) -> dict[str, str]:
 def serve(settings: Settings, host: str, port: int, portal_only: bool = False) -> int:
     """Run until Ctrl-C or SIGTERM, then stop the portal and the workers and wait for them.
     ``portal_only``: no workers here (they run on other machines, sharing a Redis store)."""
+    open_store(settings)  # a store or blob setting that does not parse stops here, not in every child
     settings.session_dir.mkdir(parents=True, exist_ok=True)
     metrics.reset(settings.metrics_folder)  # this run's processes only
     metrics.enable(settings)

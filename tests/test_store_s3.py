@@ -7,11 +7,13 @@ store as on the others."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import threading
 
 import pytest
 import redis
-from conftest import wait_for
+from conftest import free_port, scai_command, wait_for
 from fakes import FakeTask, tiny_png, upload, write_fake_usr
 from s3server import BUCKET, S3Server
 
@@ -133,6 +135,14 @@ def test_a_wrong_or_half_given_blob_setting_stops_the_service(blobs, store, envi
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=says):
         open_store(Settings(store=store, blobs=blobs))
+
+
+def test_scai_serve_stops_at_once_on_a_blob_setting_that_does_not_parse(tmp_path) -> None:
+    """Before any child starts (the portal would otherwise restart forever on it)."""
+    env = {**os.environ, "SCAI_STORE": "redis://127.0.0.1:1/0", "SCAI_BLOBS": "http://bucket"}
+    command = scai_command("serve", "--portal-only", "--port", str(free_port()), "--session-dir", str(tmp_path))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "SCAI_BLOBS must be s3://" in done.stderr, done.stderr[-2000:]
 
 
 def test_a_blank_blob_setting_stops_the_service() -> None:

@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -72,7 +72,7 @@ def parse_url(url: str) -> BlobsURL:
     )
 
 
-def credentials(environ: os._Environ | dict[str, str] = os.environ) -> tuple[str | None, str | None]:
+def credentials(environ: Mapping[str, str] = os.environ) -> tuple[str | None, str | None]:
     """The access key pair; both unset is anonymous access (a bucket that allows it). One of them
     set but blank, or only one of them, stops the service: a half-given secret is a mistake."""
     values = [environ.get(name) for name in KEY_VARIABLES]
@@ -89,7 +89,7 @@ class S3Blobs:
 
     inline = False
 
-    def __init__(self, url: str, environ: os._Environ | dict[str, str] = os.environ) -> None:
+    def __init__(self, url: str, environ: Mapping[str, str] = os.environ) -> None:
         self.where = parse_url(url)
         access, secret = credentials(environ)
         http = urllib3.PoolManager(
