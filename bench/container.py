@@ -27,13 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import ASSETS, free_port  # noqa: E402
-from containers import IMAGES_BUILT, Podman, build, engine  # noqa: E402
+from conftest import ASSETS, free_port, wait_for  # noqa: E402
+from containers import IMAGES_BUILT, Podman, build, engine, healthy  # noqa: E402
 
 START_TIMEOUT = 180.0
 
@@ -71,13 +69,6 @@ def build_times(podman: Podman, variants: list[str]) -> None:
         print(f"  {variant:<5} unchanged {unchanged[variant]:6.1f}   one source file changed {changed[variant]:6.1f}")
 
 
-def healthy(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 def start_times(podman: Podman, image: str, runs: int = 3) -> None:
     seconds = []
     for _ in range(runs):
@@ -85,11 +76,8 @@ def start_times(podman: Podman, image: str, runs: int = 3) -> None:
         started = time.monotonic()
         podman("run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:5001", image)
         try:
-            deadline = started + START_TIMEOUT
-            while not healthy(f"http://127.0.0.1:{port}/healthz"):
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{image} not healthy after {START_TIMEOUT:.0f} s")
-                time.sleep(0.1)
+            url = f"http://127.0.0.1:{port}"
+            wait_for(lambda url=url: healthy(url), START_TIMEOUT, f"{image}'s /healthz")
             seconds.append(time.monotonic() - started)
         finally:
             podman("rm", "-f", name, check=False)

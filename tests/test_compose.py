@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ASSETS, IMAGES, ROOT, free_port, needs_assets, wait_for
+from conftest import ASSETS, IMAGES, ROOT, free_port, needs_assets, unavailable, wait_for
 from containers import Podman, build
 
 pytestmark = [needs_assets, pytest.mark.container]
@@ -57,9 +57,7 @@ def compose(
     podman: Podman, env: dict[str, str], *args: str, files: tuple[str, ...] = ("compose.yaml",), timeout: float = 300
 ) -> subprocess.CompletedProcess:
     if shutil.which("podman-compose") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(COMPOSE_MISSING)
-        pytest.skip(COMPOSE_MISSING)
+        unavailable(COMPOSE_MISSING)
     command = ["podman-compose", *(option for name in files for option in ("-f", str(ROOT / name))), *args]
     run = subprocess.run(command, env={**podman.env, **env}, capture_output=True, text=True, timeout=timeout)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

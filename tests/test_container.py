@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import IMAGES, free_port, needs_assets, wait_for
-from containers import CA_BUNDLE, Podman, build
+from containers import CA_BUNDLE, Podman, build, healthy
 
 pytestmark = [needs_assets, pytest.mark.container]
 
@@ -41,13 +41,6 @@ def running(podman: Podman, image: str, tmp_path: Path) -> Iterator[tuple[str, s
     finally:
         podman("rm", "-f", name, check=False)
         podman("volume", "rm", "-f", volume, check=False)
-
-
-def healthy(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/healthz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def test_the_image_alone_serves_checks_its_health_and_stops_losing_nothing(podman: Podman, running) -> None:

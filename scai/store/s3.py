@@ -32,8 +32,9 @@ from scai.errors import ConfigError, StoreUnavailable
 log = logging.getLogger("scai.store")
 
 SCHEME = "s3://"
-#: A bucket that does not answer fails the request within about this many seconds (503), rather
-#: than holding a portal thread or a worker.
+#: A bucket that refuses or drops new connections fails a call within about CONNECT x (1 +
+#: RETRIES) seconds and the backoff between them (503), rather than holding a portal thread or a
+#: worker. A read that stalls on a connection already open waits up to READ seconds an attempt.
 CONNECT_SECONDS, READ_SECONDS, RETRIES = 2.0, 20.0, 2
 KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
