@@ -34,9 +34,11 @@ What it measures:
 
 Compare ratios rather than absolute numbers: the machine has few cores and is shared. To compare
 two versions of SCAI, add the other as a server of its own (``--scai-also``, repeatable), for
-example an older tree: ``--scai-also "scai-base=env PYTHONPATH=/tmp/base {bin}/scai serve --port
-{port} --session-dir {session} --usr {usr}"``; every SCAI gets its ratios to the best peer, and
-each other SCAI's to the first.
+example an older tree (``git worktree add /tmp/base REV``): ``--scai-also "scai-base=env -C /tmp/base
+PYTHONPATH=/tmp/base {bin}/scai serve --port {port} --session-dir {session} --usr {usr}"``; every
+SCAI gets its ratios to the best peer, and each other SCAI's to the first. The ``-C`` matters: the
+workers start as ``python -m scai``, which puts the working directory first on the path, so
+started from this tree they would run this tree's code under the older portal.
 """
 
 from __future__ import annotations

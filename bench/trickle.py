@@ -8,7 +8,7 @@ A slow client opens a connection and sends its request one byte every ``--interv
 of them never finish their headers. A server that gives each connection a thread from accept() on
 is stalled by a few dozen of them (a per-read socket timeout never fires).
 
-For each SCAI (``--scai``, repeatable: ``base=env PYTHONPATH=/tmp/base {bin}/scai serve ...``
+For each SCAI (``--scai``, repeatable: ``base=env -C /tmp/base PYTHONPATH=/tmp/base {bin}/scai serve ...``
 runs an older tree side by side; {bin}, {port}, {session}, {usr} are filled in), in one run:
 start it, then probe it with one client, each probe a normal upload (a 73 KB photo, ``wait=30``)
 followed by a ``/healthz``, for ``--seconds`` in each phase: quiet, under the body trickle, under

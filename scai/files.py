@@ -6,20 +6,28 @@ Kept apart from the session stores because nothing here knows about sessions.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import tempfile
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+#: Numbers the temporary files of this process (``next`` on a count is atomic under the GIL).
+_temporaries = itertools.count()
+
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+    The temporary name is this process's and this call's (no random name to draw and retry:
+    a worker writes one per session)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_temporaries)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        try:
+            write_new(tmp, data, 0o600)  # as mkstemp made them: a face database is nobody else's
+        except FileExistsError:  # left by a killed process that had this pid (a container's restart)
+            os.unlink(tmp)
+            write_new(tmp, data, 0o600)
         os.replace(tmp, path)
     except BaseException:
         with suppress(FileNotFoundError):
@@ -38,5 +46,16 @@ def atomic_write_json(path: Path, value: Any) -> None:
 
 def write_json(path: Path, value: Any) -> None:
     """A new file, written in place (each rename costs a journal write on ext4)."""
-    with open(path, "xb") as handle:
-        handle.write(json_bytes(value))
+    write_new(path, json_bytes(value))
+
+
+def write_new(path: Path, data: bytes, mode: int = 0o666) -> None:
+    """A file that must not exist yet (``FileExistsError``), written with bare system calls;
+    ``mode`` before the umask, as ``open`` takes it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)

@@ -173,8 +173,9 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
     bomb = scan_bomb(100_000)
     assert len(bomb) < 10_000_000
     for check in (imaging.inspect, imaging.load_rgb):  # the portal refuses it; a worker never decodes it
-        with pytest.raises(imaging.InvalidImage, match="100000 scans"):
-            check(bomb, LIMIT)
+        for scans in (100_000, imaging.MAX_JPEG_SCANS + 1):
+            with pytest.raises(imaging.InvalidImage, match=f"has {scans} scans"):
+                check(bomb if scans == 100_000 else scan_bomb(scans), LIMIT)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "TIFF", "PNG"])
@@ -186,3 +187,11 @@ def test_the_upright_size_is_the_decoded_size_whatever_the_format(fmt: str) -> N
     Image.new("RGB", (300, 200)).save(out, fmt, exif=exif.tobytes())
     data = out.getvalue()
     assert imaging.geometry(data, LIMIT)[:2] == imaging.load_rgb(data, LIMIT).size == (200, 300)
+
+
+@pytest.mark.parametrize("before", [0, 1, imaging.SCAN_WINDOW - 1, imaging.SCAN_WINDOW, 3 * imaging.SCAN_WINDOW - 2])
+def test_scans_are_counted_across_the_windows(before: int) -> None:
+    """A marker split by a window's edge, or at either end, counts once."""
+    data = b"\x00" * before + b"\xff\xda" + b"\xff\x00\xda" + b"\xff\xda"
+    assert imaging.jpeg_scans(data) == 2
+    assert imaging.jpeg_scans(data[:-1]) == 1

@@ -147,7 +147,8 @@ class Classifier(ABC):
 
     def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Resize each whole image bilinearly to the input size (no crop), as uint8 [N, H, W, 3]."""
-        pixels = [np.asarray(resized(image, self.input_size)) for image in images]
+        size = self.input_size[::-1]  # a worker's images come shrunk already: no copy to make
+        pixels = [np.asarray(image if image.size == size else resized(image, self.input_size)) for image in images]
         return pixels[0][None] if len(pixels) == 1 else np.stack(pixels)
 
     def predict(self, images: Sequence[Image.Image]) -> np.ndarray:

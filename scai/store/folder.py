@@ -50,7 +50,7 @@ from typing import Any
 from scai import liveness
 from scai.config import Settings
 from scai.errors import SessionNotFound, StorageFull
-from scai.files import atomic_write, atomic_write_json, write_json
+from scai.files import atomic_write, atomic_write_json, write_json, write_new
 from scai.inotify import IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_FROM, IN_MOVED_TO, FolderWatch, session_waits
 from scai.store import (
     FINAL_STATES,
@@ -148,7 +148,7 @@ class FolderStore:
         self, folder: Path, job: str, model: str, image: bytes, ext: str, filename: str, options: dict | None, key: str
     ) -> None:
         input_name = f"input.{ext}"
-        (folder / input_name).write_bytes(image)
+        write_new(folder / input_name, image)
         stamp = now_iso()
         write_json(  # a new folder: nobody reads it before the marker exists, so no rename needed
             folder / PROCESS_FILE,
@@ -174,15 +174,26 @@ class FolderStore:
         A marker is empty, so creating it in place is already atomic; a rename would also delay
         the watchers' event (watchdog holds renames back to pair them).
         """
-        self.ensure_pool(job)
-        os.close(os.open(self.pool(job) / session_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        marker = self.pool(job) / session_id
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # the job kind's first session (no mkdir per upload)
+            self.ensure_pool(job)
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
 
     def state(self, session_id: str) -> dict[str, Any]:
         """What ``process.json`` says, with a waiting session a worker has claimed as ``processing``."""
+        return self._as_seen(session_id, self._stored(session_id))
+
+    def _stored(self, session_id: str) -> dict[str, Any]:
+        """``process.json`` as written (a session a worker has taken still reads as waiting)."""
         try:
-            state = json.loads((self.path(session_id) / PROCESS_FILE).read_text("utf-8"))
+            return json.loads((self.path(session_id) / PROCESS_FILE).read_bytes())
         except FileNotFoundError:
             raise SessionNotFound(session_id) from None
+
+    def _as_seen(self, session_id: str, state: dict[str, Any]) -> dict[str, Any]:
         if state.get("state") == INITIALIZATION and (self.claimed(state.get("job", "")) / session_id).exists():
             state.update(state=PROCESSING, message="processing")
         return state
@@ -388,8 +399,12 @@ class FolderStore:
         return written
 
     def claimed_state(self, claim: FolderClaim) -> dict[str, Any]:
-        """A claimed session's state (the Redis store reads it with the claim)."""
-        return self.state(claim.session_id)
+        """A claimed session's state (the Redis store reads it with the claim): the claim is
+        this worker's, so a waiting session is ``processing`` without looking for its marker."""
+        state = self._stored(claim.session_id)
+        if state.get("state") == INITIALIZATION:
+            state.update(state=PROCESSING, message="processing")
+        return state
 
     def claimed_upload(self, claim: FolderClaim, name: str) -> bytes:
         """A claimed session's upload (the Redis store reads it with the claim)."""
@@ -670,22 +685,24 @@ def wait_until_final(
         current = state.get("state")
         return current in FINAL_STATES or (changed_from is not None and current != changed_from)
 
+    if timeout <= 0:
+        return store.state(session_id)
     deadline = time.monotonic() + timeout
-    state = store.state(session_id)
-    if settled(state) or timeout <= 0:
-        return state
     waits = session_waits()
     changed = threading.Event()
     watches = [(store.path(session_id), PROCESS_FILE, IN_MOVED_TO)]
     if changed_from is not None:  # a worker taking the session (or giving it back) changes nothing else
-        watches.append((store.claimed(state.get("job", "")), session_id, IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE))
+        job = store.state(session_id).get("job", "")
+        watches.append((store.claimed(job), session_id, IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE))
     held = []
     try:
         for folder, name, mask in watches:
             held.append((waits.watch(folder, name, mask, changed), name))
         while True:
             changed.clear()
-            state = store.state(session_id)  # read after the watches start: no change is missed
+            state = store._stored(session_id)  # read after the watches start: no change is missed
+            if state.get("state") not in FINAL_STATES:  # whether a worker has it: only then
+                state = store._as_seen(session_id, state)
             remaining = deadline - time.monotonic()
             if settled(state) or remaining <= 0:
                 return state
