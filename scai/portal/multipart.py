@@ -82,7 +82,8 @@ class Parts:
         self.part.size += end - start
         if self.part.filename is None and self.max_field_bytes is not None and self.part.size > self.max_field_bytes:
             raise RequestEntityTooLarge(f"a form field is larger than {self.max_field_bytes} bytes")
-        self.part.data.append(data[start:end])
+        # A chunk wholly inside the part is kept as it is (bytes do not change): not copied
+        self.part.data.append(data if start == 0 and end == len(data) else data[start:end])
 
 
 class UploadFormParser(FormDataParser):
