@@ -135,3 +135,18 @@ def test_a_deepstack_answer_leaves_no_session_behind(client, settings) -> None:
     else:
         left = FolderStore(settings.session_dir).sessions()
     assert left == []
+
+
+def test_a_worker_knows_whether_more_sessions_wait(client, worker) -> None:
+    """A batch may take every core only when nothing else waits: under load, sibling workers
+    each running as many threads as there are cores slow one another."""
+    for _ in range(3):
+        upload(client, tiny_png((4, 5, 6)))
+    with worker.store.queue(CLASSIFICATION) as queue:
+        queue.recover()  # the folder's queue lists its pool here, as a worker's loop starts
+        seen = []
+        for _ in range(3):
+            claims = queue.take(1, 1.0)
+            seen.append((len(claims), queue.waiting()))
+            worker.process(claims)
+    assert seen == [(1, True), (1, True), (1, False)]

@@ -331,10 +331,9 @@ class RedisStore:
     def wait(self, session_id: str, timeout: float, changed_from: str | None = None) -> dict[str, Any]:
         """The state once final (or, with ``changed_from``, different), or as it is at the deadline.
         Subscribed before the state is read: a change between the two still wakes the wait."""
+        if timeout <= 0:
+            return self.state(session_id)
         deadline = time.monotonic() + timeout
-        state = self.state(session_id)
-        if self._settled(state, changed_from) or timeout <= 0:
-            return state
         channel = self._events(session_id).encode()
         changed = self._session_events().watch(channel)
         try:
@@ -364,9 +363,24 @@ class RedisStore:
     def claim(self, job: str, limit: int, block_seconds: float = 0) -> list[StreamClaim]:
         """Up to ``limit`` new sessions of ``job`` for this worker, waiting up to ``block_seconds``
         for the first; each is marked ``processing``."""
+        return self.claim_counted(job, limit, block_seconds)[0]
+
+    def claim_counted(self, job: str, limit: int, block_seconds: float = 0) -> tuple[list[StreamClaim], int]:
+        """``claim``, and how many sessions still wait after it. The count comes in the same round
+        trip as the read: it tells the worker whether its batch may take every core (a worker
+        that thought itself alone under load ran as many threads as there are cores, beside a
+        sibling that did the same)."""
         self._ensure_group(job)
-        block = max(1, math.ceil(block_seconds * 1000)) if block_seconds > 0 else None  # BLOCK 0 is forever
-        reply = self._run(self.redis.xreadgroup, GROUP, self.consumer, {self._pool(job): ">"}, limit, block)
+        pool = self._pool(job)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xreadgroup(GROUP, self.consumer, {pool: ">"}, limit)
+            pipe.xlen(pool)
+            pipe.xpending(pool, GROUP)
+            reply, length, pending = self._run(pipe.execute)
+        waiting = max(0, int(length) - int(pending["pending"]))
+        if not reply and block_seconds > 0:  # none yet: wait for the first (BLOCK 0 is forever)
+            block = max(1, math.ceil(block_seconds * 1000))
+            reply, waiting = self._run(self.redis.xreadgroup, GROUP, self.consumer, {pool: ">"}, limit, block), 0
         claims = [
             StreamClaim(job, fields[b"id"].decode(), entry.decode(), input=_text(fields.get(b"input")))
             for _, entries in reply or []
@@ -374,7 +388,7 @@ class RedisStore:
         ]
         if claims:
             self.mark_processing(claims)
-        return claims
+        return claims, waiting
 
     def mark_processing(self, claims: list[StreamClaim]) -> None:
         """Say that these sessions are being worked on, and read their states and uploads, in one
@@ -612,6 +626,8 @@ class StreamQueue:
     def __init__(self, store: RedisStore, job: str) -> None:
         self.store, self.job = store, job
         self.backlog: deque[StreamClaim] = deque()
+        #: Sessions still in the stream after the last read (see ``RedisStore.claim``).
+        self.queued = 0
 
     def __enter__(self) -> StreamQueue:
         return self
@@ -627,9 +643,10 @@ class StreamQueue:
         return len(recovered)
 
     def waiting(self) -> bool:
-        return bool(self.backlog)
+        return bool(self.backlog) or self.queued > 0
 
     def take(self, limit: int, block: float = 0.0, wake: tuple[int, ...] = ()) -> list[StreamClaim]:
         if self.backlog:
             return [self.backlog.popleft() for _ in range(min(limit, len(self.backlog)))]
-        return self.store.claim(self.job, limit, block)
+        claims, self.queued = self.store.claim_counted(self.job, limit, block)
+        return claims
