@@ -525,7 +525,7 @@ def process_kind(pid: int) -> str:
         return "front"
     if args and args[0].endswith("uwsgi"):
         return "portal (uwsgi)"
-    if args and args[0].split()[0].endswith("redis-server"):  # a store started with the server
+    if args[0].split()[:1] and args[0].split()[0].endswith("redis-server"):  # a store started with it
         return "redis"
     if "worker" in args:
         return f"worker {args[args.index('worker') + 1]}" if args.index("worker") + 1 < len(args) else "worker"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,14 @@ _temporaries = itertools.count()
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-    The temporary name is this process's and this call's (no random name to draw and retry:
-    a worker writes one per session)."""
+    The temporary name is this process's and this call's, a random one only where that is taken
+    (a worker writes one per session: ``mkstemp`` drew and tried a random name every time)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_temporaries)}.tmp")
     try:
         try:
             write_new(tmp, data, 0o600)  # as mkstemp made them: a face database is nobody else's
-        except FileExistsError:  # left by a killed process that had this pid (a container's restart)
-            os.unlink(tmp)
+        except FileExistsError:  # another process with this pid (a container's, on a shared volume)
+            tmp = tmp.with_name(f"{tmp.name}.{secrets.token_hex(8)}")
             write_new(tmp, data, 0o600)
         os.replace(tmp, path)
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from conftest import ROOT, age, wait_for
 
+from scai import files
 from scai.store import (
     COMPLETE,
     FAILURE,
@@ -109,6 +111,18 @@ def test_update_is_atomic_and_keeps_fields(tmp_path: Path) -> None:
     store.update(session_id, state=COMPLETE, result={"cat": "99.0%"})
     state = store.state(session_id)
     assert state["state"] == COMPLETE and state["result"] == {"cat": "99.0%"} and key_matches(state, key)
+
+
+def test_a_temporary_name_taken_by_another_process_is_left_to_it(tmp_path: Path, monkeypatch) -> None:
+    """Temporary files are named by pid and count: two containers on one volume may share both.
+    The one that finds the name taken picks another; it never removes the other's file."""
+    monkeypatch.setattr(files, "_temporaries", itertools.count(7))
+    theirs = tmp_path / f".process.json.{os.getpid()}.7.tmp"
+    theirs.write_bytes(b"half of another writer's state")
+    files.atomic_write(tmp_path / "process.json", b'{"state": "complete"}')
+    assert (tmp_path / "process.json").read_bytes() == b'{"state": "complete"}'
+    assert theirs.read_bytes() == b"half of another writer's state"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name, "process.json"]
 
 
 def test_clean_removes_old_sessions_with_markers_but_not_busy_ones(tmp_path: Path) -> None:

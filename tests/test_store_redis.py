@@ -117,6 +117,8 @@ def test_an_unreachable_server_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable) as raised:
         store.state("d-20261126-" + "0" * 32)
     assert raised.value.http_status == 503 and not store.healthy()
+    with pytest.raises(StoreUnavailable):  # a wait subscribes first: that too is a 503, not a 500
+        store.wait("d-20261126-" + "0" * 32, 1)
 
 
 def test_clean_removes_old_sessions_but_not_busy_ones(make_store) -> None:

@@ -110,6 +110,7 @@ class FolderStore:
         self.root = Path(root)
         self.lease = lease
         self._claims = 0
+        self._pools: set[str] = set()  # job kinds whose pool this process has made sure of
 
     # -- paths -------------------------------------------------------------------------------
     def path(self, session_id: str) -> Path:
@@ -175,9 +176,12 @@ class FolderStore:
         the watchers' event (watchdog holds renames back to pair them).
         """
         marker = self.pool(job) / session_id
+        if job not in self._pools:  # once a process, not a mkdir on every upload
+            self.ensure_pool(job)
+            self._pools.add(job)
         try:
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileNotFoundError:  # the job kind's first session (no mkdir per upload)
+        except FileNotFoundError:  # the pool was removed since (by hand): made again
             self.ensure_pool(job)
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.close(fd)

@@ -335,7 +335,7 @@ class RedisStore:
             return self.state(session_id)
         deadline = time.monotonic() + timeout
         channel = self._events(session_id).encode()
-        changed = self._session_events().watch(channel)
+        changed = self._run(self._session_events).watch(channel)  # a Redis that is down: 503, not 500
         try:
             while True:
                 changed.clear()
