@@ -525,7 +525,7 @@ def process_kind(pid: int) -> str:
         return "front"
     if args and args[0].endswith("uwsgi"):
         return "portal (uwsgi)"
-    if args[0].split()[:1] and args[0].split()[0].endswith("redis-server"):  # a store started with it
+    if args[0].split(" ", 1)[0].endswith("redis-server"):  # a store started with it (its title)
         return "redis"
     if "worker" in args:
         return f"worker {args[args.index('worker') + 1]}" if args.index("worker") + 1 < len(args) else "worker"
@@ -619,22 +619,21 @@ def measure_usage(server: Server, ours: list[int], until: float, row: Round) -> 
     """CPU shares from now until ``until`` (the server's tree, ours, everything else), and the
     server's memory at the end, into ``row``; returns the server's user and system jiffies by
     process kind."""
-    split_before = user_system_jiffies(process_tree(server.process.pid))
-    server_before = {pid: sum(both) for pid, both in split_before.items()}
+    server_before = user_system_jiffies(process_tree(server.process.pid))
     client_before, machine_before = cpu_jiffies(ours), machine_jiffies()
     time.sleep(max(0.0, until - time.monotonic()))
     tree = process_tree(server.process.pid)
-    split_after = user_system_jiffies(tree)
-    server_after = {pid: sum(both) for pid, both in split_after.items()}
+    server_after = user_system_jiffies(tree)
     client_after, machine_after = cpu_jiffies(ours), machine_jiffies()
     row.rss_total_mb, row.rss_max_mb = rss_mb(tree)
     total, busy = (max(1, after - before) for after, before in zip(machine_after, machine_before, strict=True))
-    server_used = jiffies_between(server_before, server_after)
+    by_kind = cpu_by_kind(server_before, server_after)
+    server_used = sum(user + system for user, system in by_kind.values())
     client_used = jiffies_between(client_before, client_after)
     row.other_cpu_pct = max(0, busy - server_used - client_used) / total * 100
     row.server_cpu_pct = server_used / total * 100
     row.client_cpu_pct = client_used / total * 100
-    return cpu_by_kind(split_before, split_after)
+    return by_kind
 
 
 def run_round(server: Server, load: Load, clients: int, processes: int, row: Round) -> Round:

@@ -24,8 +24,8 @@ from scai.errors import ConfigError, SessionNotFound, StoreUnavailable
 __all__ = [
     "COMPLETE", "FAILURE", "FINAL_STATES", "IMAGE", "INITIALIZATION", "MAX_DELIVERIES", "PROCESSING",
     "REDIS_SCHEMES", "SERVER", "SESSION_ID_RE", "Claim", "ClaimQueue", "JobModeStore", "SessionNotFound",
-    "SessionStore", "StoreUnavailable", "is_session_id", "key_digest", "key_matches", "new_key",
-    "new_session_id", "now_iso", "open_store", "poisoned",
+    "SessionStore", "StoreUnavailable", "initial_state", "is_session_id", "key_digest", "key_matches",
+    "new_key", "new_session_id", "now_iso", "open_store", "poisoned", "settled", "taken",
 ]  # fmt: skip
 
 # -- a session's states (its ``state`` field), the same words on every store and in every answer --
@@ -75,6 +75,31 @@ def key_matches(state: dict[str, Any], key: str | None) -> bool:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+# -- a session's state: the same fields, written and read the same way, on every store ----------
+def initial_state(job: str, model: str, input_name: str, filename: str, options: dict | None, key: str) -> dict:
+    """A new session's fields, as ``create`` stores them."""
+    stamp = now_iso()
+    return {
+        "state": INITIALIZATION, "job": job, "model": model, "message": "waiting for a worker",
+        "result": None, "result_image": None, "input": input_name, "filename": filename,
+        "options": options or {}, "created": stamp, "updated": stamp, "key_sha256": key_digest(key),
+    }  # fmt: skip
+
+
+def taken(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` of a session a worker has taken: one still waiting reads as ``processing`` (no
+    store rewrites the state when a worker starts; the claim itself says so)."""
+    if state.get("state") == INITIALIZATION:
+        state.update(state=PROCESSING, message="processing")
+    return state
+
+
+def settled(state: dict[str, Any], changed_from: str | None = None) -> bool:
+    """Whether a wait on this state is over: it is final, or (``changed_from``) it is another."""
+    current = state.get("state")
+    return current in FINAL_STATES or (changed_from is not None and current != changed_from)
 
 
 class Claim(Protocol):

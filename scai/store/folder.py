@@ -57,12 +57,14 @@ from scai.store import (
     INITIALIZATION,
     MAX_DELIVERIES,
     PROCESSING,
+    initial_state,
     is_session_id,
-    key_digest,
     new_key,
     new_session_id,
     now_iso,
     poisoned,
+    settled,
+    taken,
 )
 
 PROCESS_FILE = "process.json"
@@ -150,24 +152,8 @@ class FolderStore:
     ) -> None:
         input_name = f"input.{ext}"
         write_new(folder / input_name, image)
-        stamp = now_iso()
-        write_json(  # a new folder: nobody reads it before the marker exists, so no rename needed
-            folder / PROCESS_FILE,
-            {
-                "state": INITIALIZATION,
-                "job": job,
-                "model": model,
-                "message": "waiting for a worker",
-                "result": None,
-                "result_image": None,
-                "input": input_name,
-                "filename": filename,
-                "options": options or {},
-                "created": stamp,
-                "updated": stamp,
-                "key_sha256": key_digest(key),
-            },
-        )
+        # a new folder: nobody reads it before the marker exists, so no rename needed
+        write_json(folder / PROCESS_FILE, initial_state(job, model, input_name, filename, options, key))
 
     def enqueue(self, job: str, session_id: str) -> None:
         """Drop a pending marker into the pool.
@@ -187,8 +173,12 @@ class FolderStore:
         os.close(fd)
 
     def state(self, session_id: str) -> dict[str, Any]:
-        """What ``process.json`` says, with a waiting session a worker has claimed as ``processing``."""
-        return self._as_seen(session_id, self._stored(session_id))
+        """What ``process.json`` says, with a waiting session a worker has claimed as ``processing``
+        (its marker is looked for only while it waits)."""
+        state = self._stored(session_id)
+        if state.get("state") == INITIALIZATION and (self.claimed(state.get("job", "")) / session_id).exists():
+            return taken(state)
+        return state
 
     def _stored(self, session_id: str) -> dict[str, Any]:
         """``process.json`` as written (a session a worker has taken still reads as waiting)."""
@@ -196,11 +186,6 @@ class FolderStore:
             return json.loads((self.path(session_id) / PROCESS_FILE).read_bytes())
         except FileNotFoundError:
             raise SessionNotFound(session_id) from None
-
-    def _as_seen(self, session_id: str, state: dict[str, Any]) -> dict[str, Any]:
-        if state.get("state") == INITIALIZATION and (self.claimed(state.get("job", "")) / session_id).exists():
-            state.update(state=PROCESSING, message="processing")
-        return state
 
     def read_blob(self, session_id: str, name: str) -> bytes:
         """A file of the session (the upload, the annotated image); SessionNotFound if either is gone."""
@@ -405,10 +390,7 @@ class FolderStore:
     def claimed_state(self, claim: FolderClaim) -> dict[str, Any]:
         """A claimed session's state (the Redis store reads it with the claim): the claim is
         this worker's, so a waiting session is ``processing`` without looking for its marker."""
-        state = self._stored(claim.session_id)
-        if state.get("state") == INITIALIZATION:
-            state.update(state=PROCESSING, message="processing")
-        return state
+        return taken(self._stored(claim.session_id))
 
     def claimed_upload(self, claim: FolderClaim, name: str) -> bytes:
         """A claimed session's upload (the Redis store reads it with the claim)."""
@@ -685,10 +667,6 @@ def wait_until_final(
     Woken by inotify when the worker replaces ``process.json``: no polling interval to wait out.
     """
 
-    def settled(state: dict[str, Any]) -> bool:
-        current = state.get("state")
-        return current in FINAL_STATES or (changed_from is not None and current != changed_from)
-
     if timeout <= 0:
         return store.state(session_id)
     deadline = time.monotonic() + timeout
@@ -704,11 +682,9 @@ def wait_until_final(
             held.append((waits.watch(folder, name, mask, changed), name))
         while True:
             changed.clear()
-            state = store._stored(session_id)  # read after the watches start: no change is missed
-            if state.get("state") not in FINAL_STATES:  # whether a worker has it: only then
-                state = store._as_seen(session_id, state)
+            state = store.state(session_id)  # read after the watches start: no change is missed
             remaining = deadline - time.monotonic()
-            if settled(state) or remaining <= 0:
+            if settled(state, changed_from) or remaining <= 0:
                 return state
             changed.wait(remaining)
     except FileNotFoundError:

@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,18 +42,18 @@ import redis
 from scai import liveness
 from scai.files import json_bytes
 from scai.store import (
-    FINAL_STATES,
-    INITIALIZATION,
     MAX_DELIVERIES,
     PROCESSING,
     SessionNotFound,
     StoreUnavailable,
+    initial_state,
     is_session_id,
-    key_digest,
     new_key,
     new_session_id,
     now_iso,
     poisoned,
+    settled,
+    taken,
 )
 
 log = logging.getLogger("scai.store")
@@ -101,11 +102,12 @@ class RedisBlobs:
 
     inline = True
 
-    def __init__(self, client: redis.Redis, keep_seconds: int, prefix: str) -> None:
-        self.redis, self.keep, self.prefix = client, keep_seconds, prefix
+    def __init__(self, client: redis.Redis, keep_seconds: int, session_key: Callable[[str], str]) -> None:
+        """``session_key``: the store's own name for a session's hash; its files sit beside it."""
+        self.redis, self.keep, self.session_key = client, keep_seconds, session_key
 
     def key(self, session_id: str, name: str) -> str:
-        return f"{self.prefix}session:{session_id}:blob:{name}"
+        return f"{self.session_key(session_id)}:blob:{name}"
 
     def get(self, session_id: str, name: str, pipe: Any = None) -> bytes | None:
         """The file's bytes (None if absent); ``pipe``: queued in the claim's round trip."""
@@ -219,9 +221,12 @@ def _as_state(raw: bytes, processing: bool) -> dict[str, Any]:
     """process.json's fields from the session hash; a waiting session a worker has taken
     (``processing``) reads as processing."""
     state = json.loads(raw)
-    if processing and state.get("state") == INITIALIZATION:
-        state.update(state=PROCESSING, message="processing")
-    return state
+    return taken(state) if processing else state
+
+
+def _waiting(length: int, pending: dict[str, Any]) -> int:
+    """Sessions waiting in a stream, from its length and its pending summary (``_count_waiting``)."""
+    return max(0, int(length) - int(pending["pending"]))
 
 
 def _text(value: bytes | None) -> str | None:
@@ -252,7 +257,7 @@ class RedisStore:
 
             self.blobs: RedisBlobs | S3Blobs = S3Blobs(blobs)
         else:
-            self.blobs = RedisBlobs(self.redis, self.keep, prefix)
+            self.blobs = RedisBlobs(self.redis, self.keep, self._session)
         self._fence = self.redis.register_script(FENCE)
         self._mark = self.redis.register_script(MARK)
         self._groups: set[str] = set()
@@ -291,12 +296,7 @@ class RedisStore:
     ) -> tuple[str, str]:
         """Store an upload as a new session and queue it, in one transaction; returns (id, key)."""
         session_id, key = new_session_id(), new_key()
-        stamp = now_iso()
-        state = {
-            "state": INITIALIZATION, "job": job, "model": model, "message": "waiting for a worker",
-            "result": None, "result_image": None, "input": f"input.{ext}", "filename": filename,
-            "options": options or {}, "created": stamp, "updated": stamp, "key_sha256": key_digest(key),
-        }  # fmt: skip
+        state = initial_state(job, model, f"input.{ext}", filename, options, key)
         self._ensure_group(job)
         if not self.blobs.inline:  # stored before the session is queued: no worker finds it missing
             self.blobs.put(session_id, state["input"], image)
@@ -341,7 +341,7 @@ class RedisStore:
                 changed.clear()
                 state = self.state(session_id)  # read after the watch starts: no change is missed
                 remaining = deadline - time.monotonic()
-                if self._settled(state, changed_from) or remaining <= 0:
+                if settled(state, changed_from) or remaining <= 0:
                     return state
                 changed.wait(min(remaining, SAFETY_NET_SECONDS))
         finally:
@@ -354,10 +354,6 @@ class RedisStore:
             if self._events_listener is None or not self._events_listener.thread.is_alive():
                 self._events_listener = SessionEvents(self.redis, f"{self.prefix}session:*:events")
             return self._events_listener
-
-    @staticmethod
-    def _settled(state: dict[str, Any], changed_from: str | None) -> bool:
-        return state.get("state") in FINAL_STATES or (changed_from is not None and state.get("state") != changed_from)
 
     # -- the worker's side ---------------------------------------------------------------------
     def claim(self, job: str, limit: int, block_seconds: float = 0) -> list[StreamClaim]:
@@ -374,10 +370,9 @@ class RedisStore:
         pool = self._pool(job)
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.xreadgroup(GROUP, self.consumer, {pool: ">"}, limit)
-            pipe.xlen(pool)
-            pipe.xpending(pool, GROUP)
-            reply, length, pending = self._run(pipe.execute)
-        waiting = max(0, int(length) - int(pending["pending"]))
+            self._count_waiting(pipe, job)
+            reply, *counts = self._run(pipe.execute)
+        waiting = _waiting(*counts)
         if not reply and block_seconds > 0:  # none yet: wait for the first (BLOCK 0 is forever)
             block = max(1, math.ceil(block_seconds * 1000))
             reply, waiting = self._run(self.redis.xreadgroup, GROUP, self.consumer, {pool: ">"}, limit, block), 0
@@ -513,14 +508,18 @@ class RedisStore:
 
     def queue_depth(self, job: str, stop_at: int | None = None) -> int:
         """Sessions queued and not yet handed to a worker (``stop_at``: the folder's; Redis
-        counts in constant time). Entries leave the stream when finished, so what is in it and
-        not pending waits (XINFO's ``lag`` would say so too, but only from Redis 7)."""
+        counts in constant time)."""
         self._ensure_group(job)
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(self._pool(job))
-            pipe.xpending(self._pool(job), GROUP)
-            length, pending = self._run(pipe.execute)
-        return max(0, int(length) - int(pending["pending"]))
+            self._count_waiting(pipe, job)
+            return _waiting(*self._run(pipe.execute))
+
+    def _count_waiting(self, pipe: Any, job: str) -> None:
+        """Queue on ``pipe`` the two reads ``_waiting`` turns into how many sessions wait: entries
+        leave the stream when finished, so what is in it and not pending waits (XINFO's ``lag``
+        would say so too, but only from Redis 7)."""
+        pipe.xlen(self._pool(job))
+        pipe.xpending(self._pool(job), GROUP)
 
     def oldest_wait(self, job: str) -> float:
         """Seconds the oldest session not yet handed to a worker has waited; 0 if none."""
